@@ -1,0 +1,224 @@
+"""`hotserve` command line. `serve` takes tensorflow_model_server's flag names (dashed spellings
+too), so an existing deployment switches by changing the binary; `hotserve --model_name=...`
+without a subcommand means `serve`, as `tensorflow_model_server --model_name=...` does."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+_SUBCOMMANDS = {"serve", "publish", "versions", "demo"}
+
+
+def _bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _non_negative(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+        return value
+
+    return parse
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, **kw) -> None:
+    """Add --name and its dashed spelling --na-me."""
+    spellings = [f"--{name}"]
+    if "_" in name:
+        spellings.append(f"--{name.replace('_', '-')}")
+    parser.add_argument(*spellings, dest=name, **kw)
+
+
+def _serve_flags(p: argparse.ArgumentParser) -> None:
+    _flag(p, "port", type=_non_negative(int), default=8500, metavar="N",
+          help="gRPC port (default 8500). Accepted for tensorflow_model_server compatibility; the gRPC front end is not in this build yet.")
+    _flag(p, "rest_api_port", type=_non_negative(int), default=8501, metavar="N",
+          help="REST API port (default 8501; 0 picks a free port and prints it)")
+    _flag(p, "host", default="0.0.0.0", help="address to listen on (default 0.0.0.0, all interfaces, like TF Serving)")
+    _flag(p, "model_name", default="default", help="name the model is served under (default 'default')")
+    _flag(p, "model_base_path", help="directory holding numeric version subdirectories: <path>/<version>/model.onnx")
+    _flag(p, "num_versions", type=int, default=1, metavar="N",
+          help="version policy 'latest N': serve the N newest complete versions (default 1)")
+    _flag(p, "file_system_poll_wait_seconds", type=_non_negative(float), default=1.0, metavar="S",
+          help="how often to rescan the model base path (default 1; fractions allowed). Local directories are also watched with inotify, so new versions are seen at once.")
+    _flag(p, "version_settle_seconds", type=_non_negative(float), default=1.0, metavar="S",
+          help="a version directory copied in by hand (no manifest) is loaded only after its files were unchanged this long (default 1)")
+    _flag(p, "rest_api_num_threads", type=_non_negative(int), default=0, metavar="N",
+          help="worker threads for REST requests (default 0: 4 x CPU cores)")
+    _flag(p, "rest_api_timeout_in_ms", type=_non_negative(int), default=30000, metavar="MS",
+          help="a REST request that takes longer answers 504 (default 30000)")
+    _flag(p, "num_load_threads", type=_non_negative(int), default=1, metavar="N",
+          help="threads loading versions in the background (default 1; loads never run on the request path)")
+    _flag(p, "num_unload_threads", type=_non_negative(int), default=2, metavar="N",
+          help="threads draining and unloading retired versions (default 2)")
+    p.add_argument("--tensorflow_intra_op_parallelism", "--tensorflow-intra-op-parallelism", "--intra_op_parallelism",
+                   "--intra-op-parallelism", dest="intra_op", type=_non_negative(int), default=0, metavar="N",
+                   help="threads one inference may use inside an operator (default 0: the runtime decides)")
+    p.add_argument("--tensorflow_inter_op_parallelism", "--tensorflow-inter-op-parallelism", "--inter_op_parallelism",
+                   "--inter-op-parallelism", dest="inter_op", type=_non_negative(int), default=0, metavar="N",
+                   help="threads one inference may use across operators (default 0: the runtime decides)")
+    _flag(p, "file_system_watch", type=_bool, default=True, metavar="BOOL",
+          help="watch local model directories with inotify (default true); false leaves only polling")
+    _flag(p, "log_level", default="info", choices=["debug", "info", "warning", "error"], help="default info")
+    _flag(p, "log_format", default="text", choices=["text", "json"], help="text, or one JSON object per line")
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from hotserve.core.manager import ManagerOptions, ModelConfig
+    from hotserve.core.policy import Latest
+    from hotserve.observability.logs import setup_logging
+    from hotserve.runtimes.registry import RuntimeOptions
+    from hotserve.server.serve import ServeOptions, run
+
+    if not args.model_base_path:
+        print("hotserve serve: --model_base_path is required (the directory holding <version>/model.onnx)", file=sys.stderr)
+        return 2
+    if args.num_versions < 1:
+        print(f"hotserve serve: --num_versions must be >= 1, got {args.num_versions}", file=sys.stderr)
+        return 2
+    setup_logging(args.log_level, args.log_format)
+    opts = ServeOptions(
+        models=[ModelConfig(args.model_name, args.model_base_path, Latest(args.num_versions))],
+        manager=ManagerOptions(
+            runtime=RuntimeOptions(args.intra_op, args.inter_op),
+            settle_seconds=args.version_settle_seconds,
+            poll_wait_seconds=args.file_system_poll_wait_seconds,
+            num_load_threads=max(1, args.num_load_threads),
+            num_unload_threads=max(1, args.num_unload_threads),
+            use_inotify=args.file_system_watch,
+        ),
+        host=args.host,
+        rest_api_port=args.rest_api_port,
+        grpc_port=args.port,
+        rest_api_num_threads=args.rest_api_num_threads,
+        rest_api_timeout_seconds=args.rest_api_timeout_in_ms / 1000.0,
+    )
+    try:
+        return run(opts)
+    except (OSError, ValueError) as exc:
+        print(f"hotserve serve: {exc}", file=sys.stderr)
+        return 1
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from hotserve.repository.publish import PublishError, publish
+
+    try:
+        version, path = publish(args.src, args.model_base_path, args.version)
+    except (PublishError, OSError) as exc:
+        print(f"hotserve publish: {exc}", file=sys.stderr)
+        return 1
+    print(f"published version {version} at {path}")
+    return 0
+
+
+def _cmd_versions(args: argparse.Namespace) -> int:
+    import time
+
+    from hotserve.errors import LoadError
+    from hotserve.repository import manifest
+    from hotserve.repository.scanner import VersionScanner
+    from hotserve.repository.storage import StorageUnavailable, normalize_base_path, storage_for
+
+    base = normalize_base_path(args.model_base_path)
+    scanner = VersionScanner(storage_for(base), base, args.settle_seconds)
+    try:
+        scanner.scan()
+        if args.settle_seconds:
+            time.sleep(args.settle_seconds)
+        result = scanner.scan()
+    except StorageUnavailable as exc:
+        print(f"hotserve versions: {exc}", file=sys.stderr)
+        return 1
+    rows = []
+    for v in sorted(set(result.complete) | set(result.pending)):
+        info = result.complete.get(v)
+        if info is None:
+            rows.append((v, "no", result.pending[v], "-"))
+            continue
+        how = "published (manifest)" if info.published else f"hand-copied, unchanged for {args.settle_seconds:g}s"
+        if args.verify and info.published:
+            try:
+                manifest.verify(info.path)
+                how += ", sha256 verified"
+            except LoadError as exc:
+                rows.append((v, "CORRUPT", str(exc), f"{info.size_bytes}"))
+                continue
+        rows.append((v, "yes", how, f"{info.size_bytes}"))
+    if not rows:
+        print(f"no version directories in {base}")
+        return 0
+    print(f"{'version':>8}  {'complete':8}  {'bytes':>12}  detail")
+    for v, ok, detail, size in rows:
+        print(f"{v:>8}  {ok:8}  {size:>12}  {detail}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from hotserve.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hotserve",
+        description="A model server that swaps in new model versions while serving (TF Serving compatible).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="serve models over REST (tensorflow_model_server flags)",
+                           description="Serve a model from a versioned repository and hot-swap new versions as they appear.")
+    _serve_flags(serve)
+    serve.set_defaults(func=_cmd_serve)
+
+    pub = sub.add_parser("publish", help="publish a model file or directory as a new version, atomically",
+                         description="Copy SRC into a staging directory beside the target, write a manifest of sizes and sha256 digests, fsync, and rename it into place as <model_base_path>/<version>.")
+    pub.add_argument("src", help="a model file (model.onnx, model.py) or a version directory")
+    _flag(pub, "model_base_path", required=True, help="the model's base path")
+    _flag(pub, "version", type=_non_negative(int), default=None, help="version number (default: newest + 1)")
+    pub.set_defaults(func=_cmd_publish)
+
+    ver = sub.add_parser("versions", help="list a base path's versions and whether each is complete")
+    ver.add_argument("model_base_path")
+    _flag(ver, "settle_seconds", type=_non_negative(float), default=1.0,
+          help="watch hand-copied directories this long before calling them complete (default 1)")
+    _flag(ver, "verify", action="store_true", help="also check every published file's sha256")
+    ver.set_defaults(func=_cmd_versions)
+
+    demo = sub.add_parser("demo", help="hot-update demo: serve, publish a new version every few seconds under load, print a table")
+    _flag(demo, "duration", type=float, default=20.0, help="seconds of load (default 20)")
+    _flag(demo, "publish_interval", type=float, default=2.0, help="seconds between publishes (default 2)")
+    _flag(demo, "concurrency", type=int, default=8, help="concurrent client connections (default 8)")
+    _flag(demo, "rest_api_port", type=int, default=0, help="port for the demo server (default: a free one)")
+    _flag(demo, "workdir", default=None, help="model repository to use (default: a temporary directory)")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("--") and argv[0] not in ("--help", "-h"):
+        argv.insert(0, "serve")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

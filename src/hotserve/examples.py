@@ -1,0 +1,97 @@
+"""Small ONNX models generated in-process (no downloads), for the demo, tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+_OPSET = 17
+_IR_VERSION = 8  # readable by every onnxruntime release of the last years
+
+
+def _save(graph, path: str) -> str:
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)], producer_name="hotserve")
+    model.ir_version = _IR_VERSION
+    onnx.checker.check_model(model)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    onnx.save(model, path)
+    return path
+
+
+def make_mlp(path: str, sizes: Sequence[int] = (784, 256, 256, 10), seed: int = 0) -> str:
+    """An MLP with ReLU between layers: input 'x' [batch, sizes[0]] -> output 'y' [batch, sizes[-1]]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    prev = "x"
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        w = (rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
+        b = (rng.standard_normal(fan_out) * 0.01).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        out = "y" if i == len(sizes) - 2 else f"h{i}"
+        gemm_out = out if out == "y" else f"g{i}"
+        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [gemm_out]))
+        if out != "y":
+            nodes.append(helper.make_node("Relu", [gemm_out], [out]))
+        prev = out
+    graph = helper.make_graph(
+        nodes, "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", sizes[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", sizes[-1]])],
+        initializer=inits,
+    )
+    return _save(graph, path)
+
+
+def make_affine(path: str, offset: float, dim: int = 4, scale: float = 1.0) -> str:
+    """y = x * scale + offset, input 'x' [batch, dim]. Tests set offset to the version number,
+    so every output proves which version computed it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["x", "scale"], ["xs"]),
+            helper.make_node("Add", ["xs", "offset"], ["y"]),
+        ],
+        "affine",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", dim])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", dim])],
+        initializer=[
+            numpy_helper.from_array(np.array(scale, dtype=np.float32), "scale"),
+            numpy_helper.from_array(np.array(offset, dtype=np.float32), "offset"),
+        ],
+    )
+    return _save(graph, path)
+
+
+def make_two_io(path: str, offset: float = 0.0) -> str:
+    """Two inputs of different dtypes and two outputs: 'a' float [batch,3], 'b' int64 [batch]
+    -> 'sum' = a + offset, 'b_out' = b * 2. For named-input and multi-output formats."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["a", "off"], ["sum"]),
+            helper.make_node("Mul", ["b", "two"], ["b_out"]),
+        ],
+        "two_io",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("b", TensorProto.INT64, ["batch"]),
+        ],
+        [
+            helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("b_out", TensorProto.INT64, ["batch"]),
+        ],
+        initializer=[
+            numpy_helper.from_array(np.array(offset, dtype=np.float32), "off"),
+            numpy_helper.from_array(np.array(2, dtype=np.int64), "two"),
+        ],
+    )
+    return _save(graph, path)

@@ -1,0 +1,1 @@
+"""Wire formats: decoding client payloads into numpy inputs and encoding outputs back."""

@@ -1,0 +1,1 @@
+"""The model repository: storage, version discovery, manifests and atomic publish."""

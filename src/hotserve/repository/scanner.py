@@ -1,0 +1,110 @@
+"""Version discovery: which numeric version directories under a base path are complete.
+
+A version is complete when its manifest lists files that are all present with their sizes
+(published atomically), or, for a directory copied in by hand, when its files have not
+changed for `settle_seconds`. Anything else is pending and is never handed to a loader.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from hotserve.repository import manifest
+from hotserve.repository.storage import FileStat, Storage, StorageUnavailable
+
+log = logging.getLogger("hotserve.repository")
+
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: int
+    path: str
+    fingerprint: Fingerprint
+    published: bool  # carries a manifest whose sizes match
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(size for _, size, _ in self.fingerprint)
+
+
+@dataclass
+class ScanResult:
+    complete: dict[int, VersionInfo]
+    pending: dict[int, str] = field(default_factory=dict)  # version -> why it is not complete
+    next_check_in: float | None = None  # a settling version may be complete after this long
+
+    def key(self) -> tuple:
+        return tuple(sorted((v, i.fingerprint) for v, i in self.complete.items()))
+
+
+def list_version_numbers(storage: Storage, base_path: str) -> list[int]:
+    return sorted(int(name) for name, is_dir in storage.list_entries(base_path) if is_dir and name.isdigit())
+
+
+def _fingerprint(files: list[FileStat]) -> Fingerprint:
+    return tuple((f.relpath, f.size, f.mtime_ns) for f in files)
+
+
+class VersionScanner:
+    def __init__(self, storage: Storage, base_path: str, settle_seconds: float = 1.0, model: str = "") -> None:
+        self.storage = storage
+        self.base_path = base_path
+        self.settle_seconds = settle_seconds
+        self.model = model
+        self._seen_since: dict[int, tuple[Fingerprint, float]] = {}
+        self._ignored_names: set[str] = set()
+
+    def scan(self, now: float | None = None) -> ScanResult:
+        """Raises StorageUnavailable when the base path itself cannot be listed."""
+        now = time.monotonic() if now is None else now
+        entries = self.storage.list_entries(self.base_path)
+        result = ScanResult(complete={})
+        present: set[int] = set()
+        for name, is_dir in entries:
+            if not name.isdigit() or not is_dir:
+                if not name.startswith(".") and name not in self._ignored_names:
+                    self._ignored_names.add(name)
+                    log.info("model %s: ignoring %s in %s (not a numeric version directory)", self.model, name, self.base_path)
+                continue
+            version = int(name)
+            present.add(version)
+            self._classify(version, os.path.join(self.base_path, name), now, result)
+        for gone in set(self._seen_since) - present:
+            del self._seen_since[gone]
+        return result
+
+    def _classify(self, version: int, path: str, now: float, result: ScanResult) -> None:
+        try:
+            files = self.storage.stat_files(path)
+        except (OSError, StorageUnavailable):
+            result.pending[version] = "directory vanished while scanning"
+            return
+        fp = _fingerprint(files)
+        if not files:
+            result.pending[version] = "empty directory"
+            return
+        if any(f.relpath == manifest.MANIFEST_NAME for f in files):
+            try:
+                raw = self.storage.read_bytes(os.path.join(path, manifest.MANIFEST_NAME))
+                if manifest.sizes_match(manifest.parse_manifest(raw, path), files):
+                    result.complete[version] = VersionInfo(version, path, fp, published=True)
+                    return
+            except Exception:  # a manifest mid-write or corrupt: fall through to the settle rule
+                pass
+        # Hand-copied (or manifest not matching yet): complete only once unchanged for the settle time.
+        seen = self._seen_since.get(version)
+        if seen is None or seen[0] != fp:
+            self._seen_since[version] = (fp, now)
+            seen = self._seen_since[version]
+        waited = now - seen[1]
+        if waited >= self.settle_seconds:
+            result.complete[version] = VersionInfo(version, path, fp, published=False)
+        else:
+            remaining = self.settle_seconds - waited
+            result.pending[version] = f"settling: unchanged for {waited:.2f}s of {self.settle_seconds:.2f}s"
+            result.next_check_in = remaining if result.next_check_in is None else min(result.next_check_in, remaining)

@@ -1,0 +1,122 @@
+"""Watch a base path and report its complete versions whenever they change.
+
+Local directories are watched with inotify (watchdog) so a publish is seen in milliseconds;
+a poll every `poll_wait_seconds` backs it up (and is all there is where inotify is not).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Callable
+
+from hotserve.repository.scanner import ScanResult, VersionScanner
+from hotserve.repository.storage import StorageUnavailable
+
+log = logging.getLogger("hotserve.repository")
+
+# Writes arrive as bursts of events; waiting this long after the first one coalesces a burst.
+_DEBOUNCE_SECONDS = 0.02
+
+
+class RepositoryWatcher:
+    def __init__(
+        self,
+        scanner: VersionScanner,
+        on_scan: Callable[[ScanResult], None],
+        on_outage: Callable[[str], None],
+        poll_wait_seconds: float = 1.0,
+        use_inotify: bool = True,
+    ) -> None:
+        self.scanner = scanner
+        self.on_scan = on_scan
+        self.on_outage = on_outage
+        self.poll_wait_seconds = max(0.01, poll_wait_seconds)
+        self.use_inotify = use_inotify
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"watch-{scanner.model}", daemon=True)
+        self._observer = None
+        self._watched_ino: int | None = None
+        self._last_key: tuple | None = None
+        self._in_outage = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=5)
+        self._unwatch()
+
+    def poke(self) -> None:
+        """Rescan now (used by explicit load requests)."""
+        self._wake.set()
+
+    def _watch(self) -> None:
+        """(Re)attach inotify to the base path, also after it was replaced by a new directory."""
+        if not self.use_inotify:
+            return
+        try:
+            ino = os.stat(self.scanner.base_path).st_ino
+        except OSError:
+            self._unwatch()
+            return
+        if self._observer is not None and ino == self._watched_ino:
+            return
+        self._unwatch()
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+
+            wake = self._wake
+
+            class _Handler(FileSystemEventHandler):
+                def on_any_event(self, event) -> None:  # noqa: ANN001 - watchdog's type
+                    wake.set()
+
+            observer = Observer()
+            observer.schedule(_Handler(), self.scanner.base_path, recursive=True)
+            observer.daemon = True
+            observer.start()
+            self._observer, self._watched_ino = observer, ino
+        except Exception as exc:  # inotify limits, unsupported filesystems: polling still works
+            log.warning("model %s: cannot watch %s (%s); polling every %.2fs", self.scanner.model, self.scanner.base_path, exc, self.poll_wait_seconds)
+            self._observer = None
+
+    def _unwatch(self) -> None:
+        if self._observer is not None:
+            try:
+                self._observer.stop()
+            except Exception:
+                pass
+            self._observer = None
+            self._watched_ino = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._watch()
+            wait = self.poll_wait_seconds
+            try:
+                result = self.scanner.scan()
+            except StorageUnavailable as exc:
+                if not self._in_outage:
+                    self._in_outage = True
+                    self.on_outage(str(exc))
+                self._last_key = None
+            except Exception:
+                log.exception("model %s: scanning %s failed", self.scanner.model, self.scanner.base_path)
+            else:
+                self._in_outage = False
+                key = result.key()
+                if key != self._last_key:
+                    self._last_key = key
+                    self.on_scan(result)
+                if result.next_check_in is not None:
+                    wait = min(wait, result.next_check_in + 0.005)
+            if self._wake.wait(wait):
+                time.sleep(_DEBOUNCE_SECONDS)
+                self._wake.clear()

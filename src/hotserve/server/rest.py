@@ -1,0 +1,174 @@
+"""The REST front end as a bare ASGI app.
+
+No web framework: routing is a few string checks, and everything CPU-bound for a predict
+(JSON parse, decode, inference, encode) runs in one worker-thread hop so the event loop only
+moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import orjson
+
+from hotserve.core import inference
+from hotserve.core.manager import Manager
+from hotserve.errors import Code, HotserveError, InvalidArgument, NotFound
+from hotserve.protocols import tfserving_rest as tfs
+from hotserve.runtimes.base import get_signature
+
+log = logging.getLogger("hotserve.rest")
+
+_JSON = (b"content-type", b"application/json")
+_VERSION_HEADER = b"x-model-version"
+_V1 = "/v1/models/"
+
+
+class Reply:
+    __slots__ = ("status", "body", "version")
+
+    def __init__(self, status: int, body: bytes, version: str | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.version = version
+
+
+def _error(exc: HotserveError, version: str | None = None) -> Reply:
+    return Reply(exc.http_status, tfs.encode_error(exc.message), version)
+
+
+def _parse_version(text: str) -> int:
+    if not text.isdigit():
+        raise InvalidArgument(f"version must be a non-negative integer, got {text!r}")
+    return int(text)
+
+
+class RestApp:
+    def __init__(self, manager: Manager, executor: ThreadPoolExecutor, timeout_seconds: float = 30.0) -> None:
+        self.manager = manager
+        self.executor = executor
+        self.timeout_seconds = timeout_seconds
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            reply = await self._dispatch(scope, receive)
+        except HotserveError as exc:
+            reply = _error(exc)
+        except Exception as exc:  # a bug must cost one request, never the worker
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            reply = Reply(500, tfs.encode_error(f"internal error: {type(exc).__name__}: {exc}"))
+        headers = [_JSON, (b"content-length", str(len(reply.body)).encode())]
+        if reply.version is not None:
+            headers.append((_VERSION_HEADER, reply.version.encode()))
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})
+
+    async def _dispatch(self, scope, receive) -> Reply:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path.startswith(_V1):
+            return await self._v1(path[len(_V1):], method, receive)
+        if path in ("/healthz", "/v2/health/live"):
+            return Reply(200, b'{"live":true}')
+        if path in ("/readyz", "/v2/health/ready"):
+            return self._ready()
+        raise NotFound(
+            f"no such endpoint: {method} {path}; the REST API serves /v1/models/<name>[/versions/<v>][:predict|/metadata],"
+            " /healthz and /readyz"
+        )
+
+    def _ready(self) -> Reply:
+        models = {name: mm.is_ready() for name, mm in self.manager.models.items()}
+        ready = all(models.values())
+        return Reply(200 if ready else 503, orjson.dumps({"ready": ready, "models": models}))
+
+    async def _v1(self, rest: str, method: str, receive) -> Reply:
+        verb = None
+        if ":" in rest:
+            rest, verb = rest.rsplit(":", 1)
+        parts = rest.split("/")
+        name, tail = parts[0], parts[1:]
+        if not name:
+            raise NotFound("model name missing: expected /v1/models/<name>")
+        version: int | None = None
+        if tail[:1] == ["versions"] and len(tail) >= 2:
+            version, tail = _parse_version(tail[1]), tail[2:]
+        elif tail[:1] == ["labels"] and len(tail) >= 2:
+            raise NotFound(f"label {tail[1]!r} is not assigned for model {name!r}; this server has no version labels configured")
+        if verb is not None:
+            if tail:
+                raise NotFound(f"malformed path: unexpected /{'/'.join(tail)} before :{verb}")
+            if verb in ("classify", "regress"):
+                raise HotserveError(f":{verb} needs a model with a {verb} signature; model {name!r} only has predict signatures", Code.INVALID_ARGUMENT)
+            if verb != "predict":
+                raise NotFound(f"unknown verb :{verb}; expected :predict, :classify or :regress")
+            if method != "POST":
+                return Reply(405, tfs.encode_error(f":predict takes POST, got {method}"))
+            body = await _read_body(receive)
+            return await self._run(self._predict, name, version, body)
+        if method != "GET":
+            return Reply(405, tfs.encode_error(f"{method} is not allowed here; model status and metadata take GET"))
+        if tail == ["metadata"]:
+            return self._metadata(name, version)
+        if tail:
+            raise NotFound(f"malformed path: /{'/'.join(tail)}; expected /metadata or nothing after the model")
+        mm = self.manager.get(name)
+        return Reply(200, tfs.dumps(tfs.status_doc(mm.statuses(version))))
+
+    async def _run(self, fn, *args) -> Reply:
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(self.executor, fn, *args), self.timeout_seconds)
+        except asyncio.TimeoutError:
+            return Reply(504, tfs.encode_error(f"request did not finish within {self.timeout_seconds:g}s (--rest_api_timeout_in_ms)"))
+
+    def _predict(self, name: str, version: int | None, body: bytes) -> Reply:
+        try:
+            doc = tfs.parse_body(body)
+            sig_name = tfs.signature_name(doc)
+            lv = self.manager.get(name).route.acquire(version)
+        except HotserveError as exc:
+            return _error(exc)
+        try:
+            sig = get_signature(lv.servable, sig_name)
+            inputs, rows = tfs.decode_predict(doc, sig)
+            outputs = inference.predict(lv, inputs, sig_name)
+            return Reply(200, tfs.encode_predict(outputs, rows), lv.version_str)
+        except HotserveError as exc:
+            return _error(exc, lv.version_str)
+        finally:
+            lv.release()
+
+    def _metadata(self, name: str, version: int | None) -> Reply:
+        lv = self.manager.get(name).route.acquire(version)
+        try:
+            doc = tfs.metadata_doc(name, lv.version, lv.servable.signatures)
+            return Reply(200, tfs.dumps(doc), lv.version_str)
+        finally:
+            lv.release()
+
+
+async def _read_body(receive) -> bytes:
+    chunks = []
+    while True:
+        msg = await receive()
+        chunks.append(msg.get("body", b""))
+        if not msg.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _lifespan(receive, send) -> None:
+    while True:
+        msg = await receive()
+        if msg["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif msg["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,110 @@
+"""The server process: manager + REST front end on one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from hotserve.core.manager import Manager, ManagerOptions, ModelConfig
+from hotserve.server.rest import RestApp
+
+log = logging.getLogger("hotserve.server")
+
+
+@dataclass
+class ServeOptions:
+    models: list[ModelConfig]
+    manager: ManagerOptions = field(default_factory=ManagerOptions)
+    host: str = "0.0.0.0"
+    rest_api_port: int = 8501
+    grpc_port: int = 8500
+    rest_api_num_threads: int = 0  # 0: 4 x cores, like TF Serving
+    rest_api_timeout_seconds: float = 30.0
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class _Uvicorn:
+    """uvicorn's Server without its own signal capture: this process owns SIGINT/SIGTERM."""
+
+    def __init__(self, app, sock: socket.socket) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(
+            app, http="httptools", lifespan="off", access_log=False, log_config=None,
+            timeout_keep_alive=30, backlog=2048,
+        )
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self):
+                yield
+
+        self.server = Server(config)
+        self.sock = sock
+
+    async def serve(self) -> None:
+        await self.server.serve(sockets=[self.sock])
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+
+
+async def serve(opts: ServeOptions, on_listening=None) -> None:
+    threads = opts.rest_api_num_threads or 4 * (os.cpu_count() or 1)
+    executor = ThreadPoolExecutor(threads, thread_name_prefix="rest")
+    manager = Manager(opts.models, opts.manager)
+    sock = bind_socket(opts.host, opts.rest_api_port)
+    host, port = sock.getsockname()[:2]
+    rest = _Uvicorn(RestApp(manager, executor, opts.rest_api_timeout_seconds), sock)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, rest.stop)
+    manager.start()
+    for mc in opts.models:
+        log.info("model %s: watching %s", mc.name, manager.models[mc.name].base_path)
+    if opts.grpc_port:
+        log.info("gRPC front end (--port=%d) is not part of this build yet; serving REST only", opts.grpc_port)
+    # Tools and tests read this line to learn the bound port (it matters with --rest_api_port=0).
+    print(f"hotserve: REST API listening on http://{_url_host(host)}:{port}", flush=True)
+    if on_listening is not None:
+        on_listening(host, port)
+    try:
+        await rest.serve()
+    finally:
+        log.info("shutting down: draining in-flight requests and unloading models")
+        await loop.run_in_executor(None, manager.stop)
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
+def run(opts: ServeOptions) -> int:
+    try:
+        import uvloop
+
+        uvloop.run(serve(opts))
+    except ImportError:
+        asyncio.run(serve(opts))
+    return 0
