@@ -33,6 +33,13 @@ def _non_negative(kind):
     return parse
 
 
+def _port(text: str) -> int:
+    value = _non_negative(int)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"ports go up to 65535, got {text}")
+    return value
+
+
 def _flag(parser: argparse.ArgumentParser, name: str, **kw) -> None:
     """Add --name and its dashed spelling --na-me."""
     spellings = [f"--{name}"]
@@ -42,9 +49,9 @@ def _flag(parser: argparse.ArgumentParser, name: str, **kw) -> None:
 
 
 def _serve_flags(p: argparse.ArgumentParser) -> None:
-    _flag(p, "port", type=_non_negative(int), default=8500, metavar="N",
+    _flag(p, "port", type=_port, default=8500, metavar="N",
           help="gRPC port (default 8500). Accepted for tensorflow_model_server compatibility; the gRPC front end is not in this build yet.")
-    _flag(p, "rest_api_port", type=_non_negative(int), default=8501, metavar="N",
+    _flag(p, "rest_api_port", type=_port, default=8501, metavar="N",
           help="REST API port (default 8501; 0 picks a free port and prints it)")
     _flag(p, "host", default="0.0.0.0", help="address to listen on (default 0.0.0.0, all interfaces, like TF Serving)")
     _flag(p, "model_name", default="default", help="name the model is served under (default 'default')")
@@ -202,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(demo, "duration", type=float, default=20.0, help="seconds of load (default 20)")
     _flag(demo, "publish_interval", type=float, default=2.0, help="seconds between publishes (default 2)")
     _flag(demo, "concurrency", type=int, default=8, help="concurrent client connections (default 8)")
-    _flag(demo, "rest_api_port", type=int, default=0, help="port for the demo server (default: a free one)")
+    _flag(demo, "rest_api_port", type=_port, default=0, help="port for the demo server (default: a free one)")
     _flag(demo, "workdir", default=None, help="model repository to use (default: a temporary directory)")
     demo.set_defaults(func=_cmd_demo)
     return parser

@@ -16,8 +16,10 @@ _LISTENING = re.compile(r"REST API listening on (http://\S+)")
 
 
 class ServerProcess:
-    def __init__(self, args: list[str], log_path: str, env: dict | None = None, port: int = 0) -> None:
+    def __init__(self, args: list[str], log_path: str, env: dict | None = None, port: int = 0,
+                 subcommand: bool = True) -> None:
         self.args = args
+        self.subcommand = subcommand
         self.port = port
         self.log_path = log_path
         self.env = env
@@ -25,7 +27,7 @@ class ServerProcess:
         self.url = ""
 
     def start(self, timeout: float = 30.0) -> "ServerProcess":
-        cmd = [sys.executable, "-m", "hotserve", "serve", "--host", "127.0.0.1", "--rest_api_port", str(self.port), *self.args]
+        cmd = [sys.executable, "-m", "hotserve", *(["serve"] if self.subcommand else []), "--host", "127.0.0.1", "--rest_api_port", str(self.port), *self.args]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env or os.environ.copy())
         deadline = time.monotonic() + timeout
