@@ -76,6 +76,14 @@ class Unimplemented(HotserveError):
     code = Code.UNIMPLEMENTED
 
 
+class MethodNotAllowed(HotserveError):
+    code = Code.INVALID_ARGUMENT
+
+    @property
+    def http_status(self) -> int:
+        return 405
+
+
 class LoadError(HotserveError):
     """A version could not be loaded, verified or validated."""
 

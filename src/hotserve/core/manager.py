@@ -20,10 +20,10 @@ from hotserve.core.policy import Latest, VersionPolicy
 from hotserve.core.router import Route, RouteTable
 from hotserve.core.states import VersionState, VersionStatus
 from hotserve.core.validation import validate
-from hotserve.errors import Code, HotserveError, NotFound
+from hotserve.errors import Code, HotserveError, NotFound, Unavailable
 from hotserve.repository import manifest
 from hotserve.repository.scanner import Fingerprint, ScanResult, VersionInfo, VersionScanner
-from hotserve.repository.storage import normalize_base_path, storage_for
+from hotserve.repository.storage import StorageUnavailable, normalize_base_path, storage_for
 from hotserve.repository.watcher import RepositoryWatcher
 from hotserve.runtimes.base import Servable
 from hotserve.runtimes.registry import RuntimeOptions, load_servable
@@ -75,6 +75,10 @@ class ModelManager:
         self._statuses: dict[int, VersionStatus] = {}
         self._status_lock = threading.Lock()
         self._pending: ScanResult | None = None
+        self._last_scan = ScanResult(complete={})
+        # Set by an explicit unload (repository API): nothing serves until an explicit load.
+        self._unloaded = False
+        self._reconciles = 0
         self._cv = threading.Condition()
         self._stopping = False
         self._idle = threading.Event()
@@ -146,10 +150,66 @@ class ModelManager:
                 self._reconcile(scan)
             except Exception:
                 log.exception("model %s: reconcile failed; served versions unchanged", self.name)
+            with self._cv:
+                self._reconciles += 1
+                self._cv.notify_all()
+
+    # -- explicit load / unload (Triton's repository extension) -----------------------------
+    def _wait_reconciled(self, after: int, timeout: float) -> bool:
+        with self._cv:
+            return self._cv.wait_for(lambda: self._reconciles > after and self._pending is None, timeout)
+
+    def request_load(self, timeout: float = 60.0) -> int:
+        """Serve again after an unload and pick up the newest complete version now; blocks
+        until it is AVAILABLE and returns it. Raises if nothing could be made available."""
+        try:
+            scan = self.watcher.scan_now()
+        except StorageUnavailable as exc:
+            raise Unavailable(f"model {self.name!r} could not be loaded: {exc}") from None
+        with self._cv:
+            self._unloaded = False
+            seen = self._reconciles
+            self._pending = scan
+            self._cv.notify()
+        if not self._wait_reconciled(seen, timeout):
+            raise Unavailable(f"model {self.name!r}: no load finished within {timeout:g}s")
+        default = self.route.table.default
+        if default is None:
+            reason = self.outage or "; ".join(
+                f"version {st.version}: {st.error_message}" for st in self.statuses() if st.error_message
+            ) or f"no complete version under {self.base_path}"
+            raise Unavailable(f"model {self.name!r} could not be loaded: {reason}")
+        return default.version
+
+    def request_unload(self, timeout: float = 60.0) -> None:
+        """Stop routing to every version; returns once their in-flight requests drained."""
+        draining = list(self._loaded.values())
+        with self._cv:
+            self._unloaded = True
+            seen = self._reconciles
+            if self._pending is None:
+                self._pending = self._last_scan
+            self._cv.notify()
+        self._wait_reconciled(seen, timeout)
+        for lv in draining:
+            lv.wait_drained(timeout)
+
+    @property
+    def explicitly_unloaded(self) -> bool:
+        return self._unloaded
 
     # -- reconcile --------------------------------------------------------------------------
     def _reconcile(self, scan: ScanResult) -> None:
         self.outage = None
+        self._last_scan = scan
+        if self._unloaded:
+            if self.route.table.versions:
+                self.route.table = RouteTable()
+                log.info("model %s: unloaded on request; serving nothing until loaded again", self.name,
+                         extra={"event": "model_unloaded", "model": self.name})
+            for v in sorted(self._loaded):
+                self._retire(self._loaded.pop(v))
+            return
         complete = scan.complete
         for v, fp in list(self._failed.items()):
             info = complete.get(v)
@@ -303,4 +363,5 @@ class Manager:
         self._unload_pool.shutdown(wait=True)
 
     def ready(self) -> bool:
-        return all(mm.is_ready() for mm in self.models.values())
+        # A model an operator unloaded on purpose does not make the whole server unready.
+        return all(mm.is_ready() or mm.explicitly_unloaded for mm in self.models.values())

@@ -42,6 +42,7 @@ class RepositoryWatcher:
         self._watched_ino: int | None = None
         self._last_key: tuple | None = None
         self._in_outage = False
+        self._scan_lock = threading.Lock()
 
     def start(self) -> None:
         self._thread.start()
@@ -52,9 +53,10 @@ class RepositoryWatcher:
         self._thread.join(timeout=5)
         self._unwatch()
 
-    def poke(self) -> None:
-        """Rescan now (used by explicit load requests)."""
-        self._wake.set()
+    def scan_now(self) -> ScanResult:
+        """Scan in the caller's thread (explicit load requests); raises StorageUnavailable."""
+        with self._scan_lock:
+            return self.scanner.scan()
 
     def _watch(self) -> None:
         """(Re)attach inotify to the base path, also after it was replaced by a new directory."""
@@ -101,7 +103,8 @@ class RepositoryWatcher:
             self._watch()
             wait = self.poll_wait_seconds
             try:
-                result = self.scanner.scan()
+                with self._scan_lock:
+                    result = self.scanner.scan()
             except StorageUnavailable as exc:
                 if not self._in_outage:
                     self._in_outage = True

@@ -15,9 +15,10 @@ import orjson
 
 from hotserve.core import inference
 from hotserve.core.manager import Manager
-from hotserve.errors import Code, HotserveError, InvalidArgument, NotFound
+from hotserve.errors import Code, HotserveError, InvalidArgument, MethodNotAllowed, NotFound
 from hotserve.protocols import tfserving_rest as tfs
 from hotserve.runtimes.base import get_signature
+from hotserve.server.rest_v2 import V2Routes
 
 log = logging.getLogger("hotserve.rest")
 
@@ -27,19 +28,21 @@ _V1 = "/v1/models/"
 
 
 class Reply:
-    __slots__ = ("status", "body", "version")
+    __slots__ = ("status", "body", "version", "headers")
 
-    def __init__(self, status: int, body: bytes, version: str | None = None) -> None:
+    def __init__(self, status: int, body: bytes, version: str | None = None,
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
         self.status = status
         self.body = body
         self.version = version
+        self.headers = headers
 
 
 def _error(exc: HotserveError, version: str | None = None) -> Reply:
     return Reply(exc.http_status, tfs.encode_error(exc.message), version)
 
 
-def _parse_version(text: str) -> int:
+def parse_version(text: str) -> int:
     if not text.isdigit():
         raise InvalidArgument(f"version must be a non-negative integer, got {text!r}")
     return int(text)
@@ -50,6 +53,7 @@ class RestApp:
         self.manager = manager
         self.executor = executor
         self.timeout_seconds = timeout_seconds
+        self.v2 = V2Routes(manager, self)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -64,7 +68,8 @@ class RestApp:
         except Exception as exc:  # a bug must cost one request, never the worker
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             reply = Reply(500, tfs.encode_error(f"internal error: {type(exc).__name__}: {exc}"))
-        headers = [_JSON, (b"content-length", str(len(reply.body)).encode())]
+        headers = reply.headers or [_JSON]
+        headers.append((b"content-length", str(len(reply.body)).encode()))
         if reply.version is not None:
             headers.append((_VERSION_HEADER, reply.version.encode()))
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
@@ -79,14 +84,16 @@ class RestApp:
             return Reply(200, b'{"live":true}')
         if path in ("/readyz", "/v2/health/ready"):
             return self._ready()
+        if path == "/v2" or path.startswith("/v2/"):
+            return await self.v2.dispatch(path, method, scope, receive)
         raise NotFound(
             f"no such endpoint: {method} {path}; the REST API serves /v1/models/<name>[/versions/<v>][:predict|/metadata],"
-            " /healthz and /readyz"
+            " /v2/... (KServe V2), /healthz and /readyz"
         )
 
     def _ready(self) -> Reply:
         models = {name: mm.is_ready() for name, mm in self.manager.models.items()}
-        ready = all(models.values())
+        ready = self.manager.ready()
         return Reply(200 if ready else 503, orjson.dumps({"ready": ready, "models": models}))
 
     async def _v1(self, rest: str, method: str, receive) -> Reply:
@@ -99,7 +106,7 @@ class RestApp:
             raise NotFound("model name missing: expected /v1/models/<name>")
         version: int | None = None
         if tail[:1] == ["versions"] and len(tail) >= 2:
-            version, tail = _parse_version(tail[1]), tail[2:]
+            version, tail = parse_version(tail[1]), tail[2:]
         elif tail[:1] == ["labels"] and len(tail) >= 2:
             raise NotFound(f"label {tail[1]!r} is not assigned for model {name!r}; this server has no version labels configured")
         if verb is not None:
@@ -110,11 +117,11 @@ class RestApp:
             if verb != "predict":
                 raise NotFound(f"unknown verb :{verb}; expected :predict, :classify or :regress")
             if method != "POST":
-                return Reply(405, tfs.encode_error(f":predict takes POST, got {method}"))
-            body = await _read_body(receive)
-            return await self._run(self._predict, name, version, body)
+                raise MethodNotAllowed(f":predict takes POST, got {method}")
+            body = await read_body(receive)
+            return await self.run(self._predict, name, version, body)
         if method != "GET":
-            return Reply(405, tfs.encode_error(f"{method} is not allowed here; model status and metadata take GET"))
+            raise MethodNotAllowed(f"{method} is not allowed here; model status and metadata take GET")
         if tail == ["metadata"]:
             return self._metadata(name, version)
         if tail:
@@ -122,7 +129,7 @@ class RestApp:
         mm = self.manager.get(name)
         return Reply(200, tfs.dumps(tfs.status_doc(mm.statuses(version))))
 
-    async def _run(self, fn, *args) -> Reply:
+    async def run(self, fn, *args) -> Reply:
         loop = asyncio.get_running_loop()
         try:
             return await asyncio.wait_for(loop.run_in_executor(self.executor, fn, *args), self.timeout_seconds)
@@ -155,7 +162,7 @@ class RestApp:
             lv.release()
 
 
-async def _read_body(receive) -> bytes:
+async def read_body(receive) -> bytes:
     chunks = []
     while True:
         msg = await receive()

@@ -1,0 +1,160 @@
+"""KServe V2 / Open Inference Protocol REST routes, with Triton's binary tensor and model
+repository extensions."""
+
+from __future__ import annotations
+
+import zlib
+from typing import TYPE_CHECKING
+
+import orjson
+
+from hotserve import __version__
+from hotserve.core import inference
+from hotserve.core.manager import Manager
+from hotserve.errors import HotserveError, InvalidArgument, MethodNotAllowed, NotFound
+from hotserve.protocols import v2
+from hotserve.runtimes.base import get_signature
+
+if TYPE_CHECKING:
+    from hotserve.server.rest import RestApp, Reply
+
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
+_OCTET = (b"content-type", b"application/octet-stream")
+
+
+def _json(status: int, doc, version: str | None = None) -> "Reply":
+    from hotserve.server.rest import Reply
+
+    return Reply(status, orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), version)
+
+
+def _header(scope, name: bytes) -> str | None:
+    for k, v in scope["headers"]:
+        if k == name:
+            return v.decode("latin-1")
+    return None
+
+
+def _decompress(body: bytes, encoding: str | None) -> bytes:
+    if not encoding or encoding == "identity":
+        return body
+    try:
+        if encoding == "gzip":
+            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
+        if encoding == "deflate":
+            return zlib.decompress(body)
+    except zlib.error as exc:
+        raise InvalidArgument(f"request body is not valid {encoding}: {exc}") from None
+    raise InvalidArgument(f"unsupported Content-Encoding {encoding!r}; expected gzip, deflate or none")
+
+
+class V2Routes:
+    def __init__(self, manager: Manager, app: "RestApp") -> None:
+        self.manager = manager
+        self.app = app
+
+    async def dispatch(self, path: str, method: str, scope, receive) -> "Reply":
+        from hotserve.server.rest import read_body
+
+        parts = path.strip("/").split("/")[1:]  # drop "v2"
+        if not parts:
+            return _json(200, {"name": "hotserve", "version": __version__, "extensions": EXTENSIONS})
+        if parts[0] == "models" and len(parts) >= 2:
+            name, rest = parts[1], parts[2:]
+            version: int | None = None
+            if rest[:1] == ["versions"] and len(rest) >= 2:
+                version, rest = self._version(rest[1]), rest[2:]
+            if rest == ["infer"]:
+                self._method(method, "POST")
+                body = await read_body(receive)
+                hdr = _header(scope, b"inference-header-content-length")
+                enc = _header(scope, b"content-encoding")
+                return await self.app.run(self._infer, name, version, body, hdr, enc)
+            self._method(method, "GET")
+            if rest == ["ready"]:
+                return self._model_ready(name, version)
+            if not rest:
+                return self._model_metadata(name, version)
+        if parts[0] == "repository":
+            self._method(method, "POST")
+            if parts[1:] == ["index"]:
+                return self._index()
+            if len(parts) == 4 and parts[1] == "models" and parts[3] in ("load", "unload"):
+                mm = self.manager.get(parts[2])
+                await read_body(receive)
+                fn = mm.request_load if parts[3] == "load" else mm.request_unload
+                await self.app.run(fn)
+                return _json(200, {})
+        raise NotFound(f"no such V2 endpoint: {method} {path}")
+
+    @staticmethod
+    def _method(got: str, want: str) -> None:
+        if got != want:
+            raise MethodNotAllowed(f"this endpoint takes {want}, got {got}")
+
+    @staticmethod
+    def _version(text: str) -> int | None:
+        if text == "":
+            return None
+        from hotserve.server.rest import parse_version
+
+        return parse_version(text)
+
+    def _model_ready(self, name: str, version: int | None) -> "Reply":
+        mm = self.manager.get(name)
+        table = mm.route.table
+        ready = (table.default is not None) if version is None else (version in table.versions)
+        return _json(200 if ready else 400, {"name": name, "ready": ready})
+
+    def _model_metadata(self, name: str, version: int | None) -> "Reply":
+        mm = self.manager.get(name)
+        lv = mm.route.acquire(version)
+        try:
+            sig = get_signature(lv.servable, None)
+            doc = {
+                "name": name,
+                "versions": [str(v) for v in sorted(mm.route.table.versions)],
+                "platform": v2.PLATFORMS.get(lv.servable.runtime, lv.servable.runtime),
+                "inputs": v2.tensor_metadata(sig, "inputs"),
+                "outputs": v2.tensor_metadata(sig, "outputs"),
+            }
+            return _json(200, doc, lv.version_str)
+        finally:
+            lv.release()
+
+    def _index(self) -> "Reply":
+        rows = []
+        for name, mm in self.manager.models.items():
+            statuses = mm.statuses()
+            if not statuses:
+                rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": "no version loaded"})
+            for st in statuses:
+                state = {"AVAILABLE": "READY", "LOADING": "LOADING", "UNLOADING": "UNLOADING"}.get(st.state.value, "UNAVAILABLE")
+                rows.append({"name": name, "version": str(st.version), "state": state, "reason": st.error_message})
+        return _json(200, rows)
+
+    def _infer(self, name: str, version: int | None, body: bytes, hdr: str | None, enc: str | None) -> "Reply":
+        from hotserve.server.rest import Reply, _error
+
+        try:
+            body = _decompress(body, enc)
+            try:
+                header_len = int(hdr) if hdr is not None else None
+            except ValueError:
+                raise InvalidArgument(f"Inference-Header-Content-Length must be an integer, got {hdr!r}") from None
+            req = v2.decode_infer(body, header_len)
+            lv = self.manager.get(name).route.acquire(version)
+        except HotserveError as exc:
+            return _error(exc)
+        try:
+            sig = get_signature(lv.servable, None)
+            outputs = v2.select_outputs(inference.predict(lv, req.inputs, None), req.outputs, sig)
+            payload, json_len = v2.encode_infer(name, lv.version_str, req, outputs)
+            if json_len is None:
+                return Reply(200, payload, lv.version_str)
+            headers = [_OCTET, (b"inference-header-content-length", str(json_len).encode())]
+            return Reply(200, payload, lv.version_str, headers)
+        except HotserveError as exc:
+            return _error(exc, lv.version_str)
+        finally:
+            lv.release()
