@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from hotserve.examples import make_affine, make_two_io
+from hotserve.examples import make_affine
 from hotserve.launcher import ServerProcess
 from hotserve.repository.publish import publish
 

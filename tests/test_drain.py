@@ -1,7 +1,6 @@
 """Invariants 1 and 4: a version is unloaded only after its last in-flight request finished,
 and loading never runs on the event loop."""
 
-import json
 import os
 import threading
 import time

@@ -1,13 +1,12 @@
 """TF Serving's REST API: status, metadata, predict formats, errors and their HTTP codes."""
 
 import base64
-import json
 import os
 
 import httpx
 import pytest
 
-from conftest import affine_version, status, wait_state
+from conftest import affine_version, status
 from hotserve.examples import make_two_io
 from hotserve.repository.publish import publish
 
@@ -70,15 +69,17 @@ def test_single_input_formats(repo, start_server):
         assert c.post(url, json={"inputs": {"x": [[1, 2, 3, 4]]}}).json() == {"outputs": [[2, 3, 4, 5]]}
 
 
-def test_b64_string_inputs(repo, start_server, tmp_path):
+def test_b64_string_inputs_and_tf_serving_string_output_rule(repo, start_server, tmp_path):
     base, _ = repo
     d = tmp_path / "strmodel"
     d.mkdir()
     (d / "model.py").write_text(
         "import numpy as np\n"
-        "SIGNATURE = {'inputs': {'s': ('object', [-1])}, 'outputs': {'n': ('int64', [-1])}}\n"
+        "SIGNATURE = {'inputs': {'s': ('object', [-1])},\n"
+        "             'outputs': {'n': ('int64', [-1]), 'echo': ('object', [-1]), 'echo_bytes': ('object', [-1])}}\n"
         "def predict(inputs):\n"
-        "    return {'n': np.array([len(v) for v in inputs['s']], dtype=np.int64)}\n"
+        "    s = inputs['s']\n"
+        "    return {'n': np.array([len(v) for v in s], dtype=np.int64), 'echo': s, 'echo_bytes': s}\n"
     )
     publish(str(d), base, 1)
     server = start_server(base)
@@ -86,7 +87,14 @@ def test_b64_string_inputs(repo, start_server, tmp_path):
     r = httpx.post(server.url + "/v1/models/m:predict",
                    json={"instances": [{"b64": base64.b64encode(raw).decode()}, "hello"]})
     assert r.status_code == 200, r.text
-    assert r.json() == {"predictions": [256, 5]}
+    b64 = base64.b64encode(raw).decode()
+    # Outputs named *_bytes are base64 objects; others are text (base64 only when not UTF-8).
+    assert r.json() == {"predictions": [
+        {"n": 256, "echo": {"b64": b64}, "echo_bytes": {"b64": b64}},
+        {"n": 5, "echo": "hello", "echo_bytes": {"b64": base64.b64encode(b"hello").decode()}},
+    ]}
+    r = httpx.post(server.url + "/v1/models/m:predict", json={"inputs": ["a", "bc"]})
+    assert r.json() == {"outputs": {"n": [1, 2], "echo": ["a", "bc"], "echo_bytes": [{"b64": "YQ=="}, {"b64": "YmM="}]}}
     r = httpx.post(server.url + "/v1/models/m:predict", json={"instances": [{"b64": "!!not base64!!"}]})
     assert r.status_code == 400 and "base64" in r.json()["error"]
 

@@ -5,7 +5,6 @@ without a subcommand means `serve`, as `tensorflow_model_server --model_name=...
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 _SUBCOMMANDS = {"serve", "publish", "versions", "demo"}
@@ -50,7 +49,7 @@ def _flag(parser: argparse.ArgumentParser, name: str, **kw) -> None:
 
 def _serve_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "port", type=_port, default=8500, metavar="N",
-          help="gRPC port (default 8500). Accepted for tensorflow_model_server compatibility; the gRPC front end is not in this build yet.")
+          help="gRPC port (default 8500; 0 picks a free port and prints it): TF Serving's PredictionService and ModelService, KServe V2's GRPCInferenceService, grpc.health.v1")
     _flag(p, "rest_api_port", type=_port, default=8501, metavar="N",
           help="REST API port (default 8501; 0 picks a free port and prints it)")
     _flag(p, "host", default="0.0.0.0", help="address to listen on (default 0.0.0.0, all interfaces, like TF Serving)")

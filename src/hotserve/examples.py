@@ -95,3 +95,23 @@ def make_two_io(path: str, offset: float = 0.0) -> str:
         ],
     )
     return _save(graph, path)
+
+
+def make_affine_savedmodel(path: str, offset: float, dim: int = 4) -> str:
+    """The SavedModel twin of make_affine: serving_default maps 'x' [batch, dim] to
+    'y' = x + offset. Needs TensorFlow (the `tensorflow` extra)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    class Affine(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.offset = tf.Variable(offset, dtype=tf.float32)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, dim], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": x + self.offset}
+
+    module = Affine()
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+    return path

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 
 _LISTENING = re.compile(r"REST API listening on (http://\S+)")
+_GRPC_LISTENING = re.compile(r"gRPC API listening on (\S+)")
 
 
 class ServerProcess:
@@ -25,16 +26,19 @@ class ServerProcess:
         self.env = env
         self.proc: subprocess.Popen | None = None
         self.url = ""
+        self.grpc_target = ""  # host:port for grpc.insecure_channel
 
     def start(self, timeout: float = 30.0) -> "ServerProcess":
-        cmd = [sys.executable, "-m", "hotserve", *(["serve"] if self.subcommand else []), "--host", "127.0.0.1", "--rest_api_port", str(self.port), *self.args]
+        cmd = [sys.executable, "-m", "hotserve", *(["serve"] if self.subcommand else []), "--host", "127.0.0.1", "--rest_api_port", str(self.port), "--port", "0", *self.args]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env or os.environ.copy())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            m = _LISTENING.search(self.log())
+            log = self.log()
+            m = _LISTENING.search(log)
             if m:
                 self.url = m.group(1)
+                self.grpc_target = _GRPC_LISTENING.search(log).group(1)
                 return self
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")

@@ -24,3 +24,23 @@ def predict(lv: LoadedVersion, inputs: Mapping[str, np.ndarray], signature_name:
     except Exception as exc:
         code = Code.INVALID_ARGUMENT if type(exc).__name__ in _CLIENT_FAULTS else Code.INTERNAL
         raise HotserveError(f"model {lv.model} version {lv.version}: {type(exc).__name__}: {exc}", code) from exc
+
+
+def run_examples(lv: LoadedVersion, method: str, examples: list[bytes], signature_name: str | None) -> dict[str, np.ndarray]:
+    """Classify or regress serialized tf.Examples on a signature of that method."""
+    sig_name = signature_name or "serving_default"
+    sig = get_signature(lv.servable, sig_name)
+    want = f"tensorflow/serving/{method}"
+    runner = getattr(lv.servable, method, None)
+    if runner is None or sig.method_name != want:
+        raise InvalidArgument(
+            f"signature {sig_name!r} of model {lv.model} version {lv.version} has method {sig.method_name!r}; "
+            f"{method} needs a signature with method {want!r}"
+        )
+    try:
+        return runner(examples, sig_name)
+    except HotserveError:
+        raise
+    except Exception as exc:
+        code = Code.INVALID_ARGUMENT if type(exc).__name__ in _CLIENT_FAULTS else Code.INTERNAL
+        raise HotserveError(f"model {lv.model} version {lv.version}: {type(exc).__name__}: {exc}", code) from exc

@@ -19,7 +19,7 @@ from hotserve.core.loaded import LoadedVersion
 from hotserve.core.policy import Latest, VersionPolicy
 from hotserve.core.router import Route, RouteTable
 from hotserve.core.states import VersionState, VersionStatus
-from hotserve.core.validation import validate
+from hotserve.core.validation import validate, warm_up
 from hotserve.errors import Code, HotserveError, NotFound, Unavailable
 from hotserve.repository import manifest
 from hotserve.repository.scanner import Fingerprint, ScanResult, VersionInfo, VersionScanner
@@ -118,8 +118,9 @@ class ModelManager:
                 return [self._statuses[version]]
             return [self._statuses[v] for v in sorted(self._statuses, reverse=True)]
 
-    def is_ready(self) -> bool:
-        return self.route.table.default is not None
+    def is_ready(self, version: int | None = None) -> bool:
+        table = self.route.table
+        return table.default is not None if version is None else version in table.versions
 
     # -- repository events ------------------------------------------------------------------
     def _on_scan(self, result: ScanResult) -> None:
@@ -288,6 +289,12 @@ class ModelManager:
         servable = load_servable(self._storage.local_dir(info.path), self.options.runtime)
         try:
             validate(servable)
+            t_warm = time.perf_counter()
+            replayed = warm_up(servable)
+            if replayed:
+                log.info("model %s version %d: replayed %d warm-up request(s) in %.3fs", self.name, info.version,
+                         replayed, time.perf_counter() - t_warm,
+                         extra={"event": "warmup_done", "model": self.name, "version": info.version})
         except BaseException:
             servable.unload()
             raise
@@ -345,6 +352,13 @@ class Manager:
         self.models: dict[str, ModelManager] = {
             c.name: ModelManager(c, self.options, self._load_pool, self._unload_pool) for c in configs
         }
+
+    def acquire(self, name: str, version: int | None = None, label: str | None = None) -> LoadedVersion:
+        """Bind a request to one live version; the caller must release() it."""
+        mm = self.get(name)
+        if label is not None:
+            raise NotFound(f"label {label!r} is not assigned for model {name!r}; no version labels are configured")
+        return mm.route.acquire(version)
 
     def get(self, name: str) -> ModelManager:
         mm = self.models.get(name)

@@ -23,11 +23,9 @@ _DUMP_OPTS = orjson.OPT_SERIALIZE_NUMPY
 
 def _default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
-        return _string_tree(obj.tolist()) if obj.dtype == object else obj.tolist()
+        return obj.tolist()
     if isinstance(obj, np.generic):
         return obj.item()
-    if isinstance(obj, bytes):
-        return {"b64": base64.b64encode(obj).decode()}
     raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
 
 
@@ -35,15 +33,25 @@ def dumps(doc: Any) -> bytes:
     return orjson.dumps(doc, default=_default, option=_DUMP_OPTS)
 
 
-def _string_tree(value: Any) -> Any:
+def _string_tree(value: Any, b64: bool) -> Any:
     if isinstance(value, list):
-        return [_string_tree(v) for v in value]
+        return [_string_tree(v, b64) for v in value]
     if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return {"b64": base64.b64encode(value).decode()}
+        if not b64:
+            try:
+                return value.decode("utf-8")
+            except UnicodeDecodeError:
+                pass  # not text: base64 keeps the JSON valid and the bytes intact
+        return {"b64": base64.b64encode(value).decode()}
     return value
+
+
+def _json_ready(name: str, arr: np.ndarray) -> Any:
+    """TF Serving's rule for DT_STRING outputs: base64 objects when the output name ends in
+    '_bytes', text otherwise. Numeric arrays pass through for orjson to write natively."""
+    if arr.dtype != object:
+        return arr
+    return _string_tree(arr.tolist(), name.endswith("_bytes"))
 
 
 # -- request --------------------------------------------------------------------------------
@@ -188,12 +196,13 @@ def _decode_columns(inputs: Any, sig: Signature) -> dict[str, np.ndarray]:
 
 # -- response -------------------------------------------------------------------------------
 def encode_predict(outputs: dict[str, np.ndarray], rows: bool) -> bytes:
+    values = {name: _json_ready(name, arr) for name, arr in outputs.items()}
     if not rows:
-        if len(outputs) == 1:
-            return dumps({"outputs": next(iter(outputs.values()))})
-        return dumps({"outputs": outputs})
-    if len(outputs) == 1:
-        return dumps({"predictions": next(iter(outputs.values()))})
+        if len(values) == 1:
+            return dumps({"outputs": next(iter(values.values()))})
+        return dumps({"outputs": values})
+    if len(values) == 1:
+        return dumps({"predictions": next(iter(values.values()))})
     batch = {name: (arr.shape[0] if arr.ndim else None) for name, arr in outputs.items()}
     sizes = set(batch.values())
     if len(sizes) != 1 or None in sizes:
@@ -201,7 +210,7 @@ def encode_predict(outputs: dict[str, np.ndarray], rows: bool) -> bytes:
             f"outputs have different batch sizes {batch}; the row format needs a common first dimension, use the columnar 'inputs' format"
         )
     n = sizes.pop()
-    return dumps({"predictions": [{name: arr[i] for name, arr in outputs.items()} for i in range(n)]})
+    return dumps({"predictions": [{name: v[i] for name, v in values.items()} for i in range(n)]})
 
 
 def encode_error(message: str) -> bytes:
@@ -232,8 +241,8 @@ def _tensor_info(spec: TensorSpec, tensor_name: str) -> dict:
 
 def signature_def_doc(sig: Signature) -> dict:
     return {
-        "inputs": {k: _tensor_info(s, sig.tensor_names.get(k, k)) for k, s in sig.inputs.items()},
-        "outputs": {k: _tensor_info(s, sig.tensor_names.get(k, k)) for k, s in sig.outputs.items()},
+        "inputs": {k: _tensor_info(s, sig.input_tensor_names.get(k, k)) for k, s in sig.inputs.items()},
+        "outputs": {k: _tensor_info(s, sig.output_tensor_names.get(k, k)) for k, s in sig.outputs.items()},
         "method_name": sig.method_name,
     }
 

@@ -232,3 +232,22 @@ def tensor_metadata(sig: Signature, side: str) -> list[dict]:
         {"name": key, "datatype": s.dtype.v2_name, "shape": list(s.shape) if s.shape is not None else [-1]}
         for key, s in specs.items()
     ]
+
+
+_INDEX_STATE = {"AVAILABLE": "READY", "LOADING": "LOADING", "UNLOADING": "UNLOADING"}
+
+
+def repository_index(models: dict, ready_only: bool = False) -> list[dict]:
+    """Triton's repository index rows: one per known version, READY / LOADING / UNLOADING /
+    UNAVAILABLE with the reason; a model with no version yet gets one UNAVAILABLE row."""
+    rows = []
+    for name, mm in models.items():
+        statuses = mm.statuses()
+        if not statuses and not ready_only:
+            rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": "no version loaded"})
+        for st in statuses:
+            state = _INDEX_STATE.get(st.state.value, "UNAVAILABLE")
+            if ready_only and state != "READY":
+                continue
+            rows.append({"name": name, "version": str(st.version), "state": state, "reason": st.error_message})
+    return rows

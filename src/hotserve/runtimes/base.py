@@ -32,8 +32,10 @@ class Signature:
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
     method_name: str = PREDICT_METHOD
-    # The name the runtime knows each tensor by, when it differs from the signature key.
-    tensor_names: dict[str, str] = field(default_factory=dict)
+    # The name the runtime knows each tensor by, when it differs from the signature key
+    # (TF Serving reports these in metadata); inputs and outputs may reuse a key.
+    input_tensor_names: dict[str, str] = field(default_factory=dict)
+    output_tensor_names: dict[str, str] = field(default_factory=dict)
 
 
 class Servable(Protocol):

@@ -16,7 +16,12 @@ class RuntimeOptions:
 
 
 # Checked in order; the first marker file present decides.
-_MARKERS = [("model.onnx", "onnxruntime"), ("model.py", "python")]
+_MARKERS = [
+    ("model.onnx", "onnxruntime"),
+    ("model.py", "python"),
+    ("saved_model.pb", "tensorflow"),
+    ("saved_model.pbtxt", "tensorflow"),
+]
 
 
 def detect_runtime(version_dir: str) -> str:
@@ -34,6 +39,11 @@ def load_servable(version_dir: str, options: RuntimeOptions | None = None) -> Se
         from hotserve.runtimes.onnx import OnnxServable
 
         return OnnxServable(version_dir, options.intra_op_threads, options.inter_op_threads)
+    if runtime == "tensorflow":
+        # Imported here, and tensorflow only inside it, so servers without SavedModels start fast.
+        from hotserve.runtimes.tensorflow import SavedModelServable
+
+        return SavedModelServable(version_dir, options.intra_op_threads, options.inter_op_threads)
     from hotserve.runtimes.python import PythonServable
 
     return PythonServable(version_dir)

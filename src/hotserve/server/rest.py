@@ -15,7 +15,7 @@ import orjson
 
 from hotserve.core import inference
 from hotserve.core.manager import Manager
-from hotserve.errors import Code, HotserveError, InvalidArgument, MethodNotAllowed, NotFound
+from hotserve.errors import HotserveError, InvalidArgument, MethodNotAllowed, NotFound
 from hotserve.protocols import tfserving_rest as tfs
 from hotserve.runtimes.base import get_signature
 from hotserve.server.rest_v2 import V2Routes
@@ -108,18 +108,18 @@ class RestApp:
         if tail[:1] == ["versions"] and len(tail) >= 2:
             version, tail = parse_version(tail[1]), tail[2:]
         elif tail[:1] == ["labels"] and len(tail) >= 2:
-            raise NotFound(f"label {tail[1]!r} is not assigned for model {name!r}; this server has no version labels configured")
+            self.manager.acquire(name, None, tail[1])  # raises until labels exist
         if verb is not None:
             if tail:
                 raise NotFound(f"malformed path: unexpected /{'/'.join(tail)} before :{verb}")
-            if verb in ("classify", "regress"):
-                raise HotserveError(f":{verb} needs a model with a {verb} signature; model {name!r} only has predict signatures", Code.INVALID_ARGUMENT)
-            if verb != "predict":
+            if verb not in ("predict", "classify", "regress"):
                 raise NotFound(f"unknown verb :{verb}; expected :predict, :classify or :regress")
             if method != "POST":
-                raise MethodNotAllowed(f":predict takes POST, got {method}")
+                raise MethodNotAllowed(f":{verb} takes POST, got {method}")
             body = await read_body(receive)
-            return await self.run(self._predict, name, version, body)
+            if verb == "predict":
+                return await self.run(self._predict, name, version, body)
+            return await self.run(self._examples, verb, name, version, body)
         if method != "GET":
             raise MethodNotAllowed(f"{method} is not allowed here; model status and metadata take GET")
         if tail == ["metadata"]:
@@ -140,7 +140,7 @@ class RestApp:
         try:
             doc = tfs.parse_body(body)
             sig_name = tfs.signature_name(doc)
-            lv = self.manager.get(name).route.acquire(version)
+            lv = self.manager.acquire(name, version)
         except HotserveError as exc:
             return _error(exc)
         try:
@@ -153,8 +153,30 @@ class RestApp:
         finally:
             lv.release()
 
+    def _examples(self, method: str, name: str, version: int | None, body: bytes) -> Reply:
+        from hotserve.protocols import tf_examples
+
+        try:
+            doc = tfs.parse_body(body)
+            sig_name = tfs.signature_name(doc)
+            examples = tf_examples.json_examples(doc)
+            lv = self.manager.acquire(name, version)
+        except HotserveError as exc:
+            return _error(exc)
+        try:
+            outputs = inference.run_examples(lv, method, examples, sig_name)
+            if method == "classify":
+                doc = tf_examples.classification_json(tf_examples.classification_result(outputs, len(examples)))
+            else:
+                doc = tf_examples.regression_json(tf_examples.regression_result(outputs, len(examples)))
+            return Reply(200, tfs.dumps(doc), lv.version_str)
+        except HotserveError as exc:
+            return _error(exc, lv.version_str)
+        finally:
+            lv.release()
+
     def _metadata(self, name: str, version: int | None) -> Reply:
-        lv = self.manager.get(name).route.acquire(version)
+        lv = self.manager.acquire(name, version)
         try:
             doc = tfs.metadata_doc(name, lv.version, lv.servable.signatures)
             return Reply(200, tfs.dumps(doc), lv.version_str)

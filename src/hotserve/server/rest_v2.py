@@ -78,7 +78,11 @@ class V2Routes:
         if parts[0] == "repository":
             self._method(method, "POST")
             if parts[1:] == ["index"]:
-                return self._index()
+                body = await read_body(receive)
+                try:
+                    return self._index(body)
+                except (orjson.JSONDecodeError, AttributeError):
+                    raise InvalidArgument("repository index body must be empty or a JSON object like {\"ready\": true}") from None
             if len(parts) == 4 and parts[1] == "models" and parts[3] in ("load", "unload"):
                 mm = self.manager.get(parts[2])
                 await read_body(receive)
@@ -101,14 +105,12 @@ class V2Routes:
         return parse_version(text)
 
     def _model_ready(self, name: str, version: int | None) -> "Reply":
-        mm = self.manager.get(name)
-        table = mm.route.table
-        ready = (table.default is not None) if version is None else (version in table.versions)
+        ready = self.manager.get(name).is_ready(version)
         return _json(200 if ready else 400, {"name": name, "ready": ready})
 
     def _model_metadata(self, name: str, version: int | None) -> "Reply":
         mm = self.manager.get(name)
-        lv = mm.route.acquire(version)
+        lv = self.manager.acquire(name, version)
         try:
             sig = get_signature(lv.servable, None)
             doc = {
@@ -122,16 +124,9 @@ class V2Routes:
         finally:
             lv.release()
 
-    def _index(self) -> "Reply":
-        rows = []
-        for name, mm in self.manager.models.items():
-            statuses = mm.statuses()
-            if not statuses:
-                rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": "no version loaded"})
-            for st in statuses:
-                state = {"AVAILABLE": "READY", "LOADING": "LOADING", "UNLOADING": "UNLOADING"}.get(st.state.value, "UNAVAILABLE")
-                rows.append({"name": name, "version": str(st.version), "state": state, "reason": st.error_message})
-        return _json(200, rows)
+    def _index(self, body: bytes) -> "Reply":
+        ready_only = bool(body) and orjson.loads(body).get("ready", False) is True
+        return _json(200, v2.repository_index(self.manager.models, ready_only))
 
     def _infer(self, name: str, version: int | None, body: bytes, hdr: str | None, enc: str | None) -> "Reply":
         from hotserve.server.rest import Reply, _error
@@ -143,7 +138,7 @@ class V2Routes:
             except ValueError:
                 raise InvalidArgument(f"Inference-Header-Content-Length must be an integer, got {hdr!r}") from None
             req = v2.decode_infer(body, header_len)
-            lv = self.manager.get(name).route.acquire(version)
+            lv = self.manager.acquire(name, version)
         except HotserveError as exc:
             return _error(exc)
         try:

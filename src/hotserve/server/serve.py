@@ -83,12 +83,19 @@ async def serve(opts: ServeOptions, on_listening=None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, rest.stop)
+    from hotserve.server.grpc_server import GrpcServer
+
+    grpc_server = GrpcServer(manager, executor, opts.host, opts.grpc_port)
+    try:
+        grpc_port = await grpc_server.start()
+    except BaseException:
+        sock.close()
+        raise
     manager.start()
     for mc in opts.models:
         log.info("model %s: watching %s", mc.name, manager.models[mc.name].base_path)
-    if opts.grpc_port:
-        log.info("gRPC front end (--port=%d) is not part of this build yet; serving REST only", opts.grpc_port)
-    # Tools and tests read this line to learn the bound port (it matters with --rest_api_port=0).
+    # Tools and tests read these lines to learn the bound ports (they matter with port 0).
+    print(f"hotserve: gRPC API listening on {_url_host(host)}:{grpc_port}", flush=True)
     print(f"hotserve: REST API listening on http://{_url_host(host)}:{port}", flush=True)
     if on_listening is not None:
         on_listening(host, port)
@@ -96,6 +103,7 @@ async def serve(opts: ServeOptions, on_listening=None) -> None:
         await rest.serve()
     finally:
         log.info("shutting down: draining in-flight requests and unloading models")
+        await grpc_server.stop()
         await loop.run_in_executor(None, manager.stop)
         executor.shutdown(wait=False, cancel_futures=True)
 

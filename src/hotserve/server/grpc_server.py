@@ -1,0 +1,111 @@
+"""The gRPC front end (grpc.aio) on --port: TF Serving's PredictionService and ModelService,
+KServe V2's GRPCInferenceService, and grpc.health.v1.
+
+Handlers hop once to the worker pool for everything CPU-bound, like the REST front end, and
+go through the same manager handles, so a hot swap looks the same on every protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import grpc
+
+from hotserve.core.manager import Manager
+from hotserve.errors import HotserveError
+from hotserve.server import grpc_tfserving, grpc_v2
+
+log = logging.getLogger("hotserve.grpc")
+
+# TF Serving lifts gRPC's 4 MB default to INT_MAX so large tensors fit in one message.
+MAX_MESSAGE_BYTES = 2**31 - 1
+
+
+def unary(fn: Callable, req_cls, resp_cls, executor: ThreadPoolExecutor) -> grpc.RpcMethodHandler:
+    """A unary handler running fn(request) in the worker pool, mapping HotserveError to its status."""
+
+    async def handler(request, context: grpc.aio.ServicerContext):
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(executor, fn, request)
+        except HotserveError as exc:
+            await context.abort(grpc.StatusCode[exc.code.value], exc.message)
+        except Exception as exc:
+            log.exception("gRPC handler %s failed", getattr(fn, "__name__", fn))
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+    return grpc.unary_unary_rpc_method_handler(
+        handler, request_deserializer=req_cls.FromString, response_serializer=resp_cls.SerializeToString
+    )
+
+
+class _Health:
+    """grpc.health.v1 answered from live state: '' is the server's readiness, '<model>' that
+    model's. Computing it per call means it can never lag behind the manager."""
+
+    def __init__(self, manager: Manager) -> None:
+        from grpc_health.v1 import health_pb2
+
+        self.manager = manager
+        self.pb = health_pb2
+
+    def _status(self, service: str) -> int:
+        resp = self.pb.HealthCheckResponse
+        if service == "":
+            return resp.SERVING if self.manager.ready() else resp.NOT_SERVING
+        mm = self.manager.models.get(service)
+        if mm is None:
+            return resp.SERVICE_UNKNOWN
+        return resp.SERVING if mm.is_ready() else resp.NOT_SERVING
+
+    async def Check(self, request, context: grpc.aio.ServicerContext):
+        status = self._status(request.service)
+        if status == self.pb.HealthCheckResponse.SERVICE_UNKNOWN:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        return self.pb.HealthCheckResponse(status=status)
+
+    async def Watch(self, request, context: grpc.aio.ServicerContext):
+        last = None
+        while True:  # ends when the client cancels or the server stops
+            status = self._status(request.service)
+            if status != last:
+                yield self.pb.HealthCheckResponse(status=status)
+                last = status
+            await asyncio.sleep(0.1)
+
+
+class GrpcServer:
+    def __init__(self, manager: Manager, executor: ThreadPoolExecutor, host: str, port: int) -> None:
+        self.manager = manager
+        self.executor = executor
+        self.host = host
+        self.port = port
+        self.server: grpc.aio.Server | None = None
+
+    async def start(self) -> int:
+        from grpc_health.v1 import health_pb2_grpc
+
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self.server.add_generic_rpc_handlers(
+            grpc_tfserving.handlers(self.manager, self.executor) + grpc_v2.handlers(self.manager, self.executor)
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(_Health(self.manager), self.server)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        bound = self.server.add_insecure_port(f"{host}:{self.port}")
+        if bound == 0:
+            raise OSError(f"cannot listen for gRPC on {self.host}:{self.port}")
+        await self.server.start()
+        return bound
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self.server is not None:
+            await self.server.stop(grace)

@@ -1,0 +1,144 @@
+"""tensorflow.serving.PredictionService and ModelService handlers."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from hotserve.core import inference
+from hotserve.core.manager import Manager
+from hotserve.errors import InvalidArgument, NotFound, Unimplemented
+from hotserve.protocols import tf_examples
+from hotserve.protocols import tfserving_grpc as codec
+from hotserve.protos.tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
+    model_management_pb2,
+    predict_pb2,
+    regression_pb2,
+)
+from hotserve.runtimes.base import DEFAULT_SIGNATURE
+
+
+class PredictionService:
+    def __init__(self, manager: Manager) -> None:
+        self.manager = manager
+
+    def _acquire(self, spec):
+        if not spec.name:
+            raise InvalidArgument("model_spec.name is empty; name the model to call")
+        version, label = codec.requested_version(spec)
+        return self.manager.acquire(spec.name, version, label)
+
+    def Predict(self, req: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        inputs = codec.decode_predict(req)
+        lv = self._acquire(req.model_spec)
+        try:
+            sig_name = req.model_spec.signature_name or DEFAULT_SIGNATURE
+            outputs = inference.predict(lv, inputs, sig_name)
+            return codec.encode_predict(req.model_spec.name, lv.version, sig_name, outputs, req.output_filter)
+        finally:
+            lv.release()
+
+    def GetModelMetadata(self, req: get_model_metadata_pb2.GetModelMetadataRequest) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        lv = self._acquire(req.model_spec)
+        try:
+            return codec.encode_metadata(req.model_spec.name, lv.version, lv.servable.signatures, req.metadata_field)
+        finally:
+            lv.release()
+
+    def _examples(self, method: str, req):
+        examples = tf_examples.serialized_examples(req.input)
+        lv = self._acquire(req.model_spec)
+        try:
+            sig_name = req.model_spec.signature_name or DEFAULT_SIGNATURE
+            return lv, sig_name, examples, inference.run_examples(lv, method, examples, sig_name)
+        finally:
+            lv.release()
+
+    def Classify(self, req: classification_pb2.ClassificationRequest) -> classification_pb2.ClassificationResponse:
+        lv, sig_name, examples, outputs = self._examples("classify", req)
+        resp = classification_pb2.ClassificationResponse()
+        codec.fill_spec(resp.model_spec, req.model_spec.name, lv.version, sig_name)
+        resp.result.CopyFrom(tf_examples.classification_result(outputs, len(examples)))
+        return resp
+
+    def Regress(self, req: regression_pb2.RegressionRequest) -> regression_pb2.RegressionResponse:
+        lv, sig_name, examples, outputs = self._examples("regress", req)
+        resp = regression_pb2.RegressionResponse()
+        codec.fill_spec(resp.model_spec, req.model_spec.name, lv.version, sig_name)
+        resp.result.CopyFrom(tf_examples.regression_result(outputs, len(examples)))
+        return resp
+
+    def MultiInference(self, req: inference_pb2.MultiInferenceRequest) -> inference_pb2.MultiInferenceResponse:
+        if not req.tasks:
+            raise InvalidArgument("MultiInferenceRequest has no tasks")
+        names = {t.model_spec.name for t in req.tasks}
+        if len(names) != 1:
+            raise InvalidArgument(f"all MultiInference tasks must name the same model, got {sorted(names)}")
+        examples = tf_examples.serialized_examples(req.input)
+        lv = self._acquire(req.tasks[0].model_spec)  # one version serves every task
+        try:
+            resp = inference_pb2.MultiInferenceResponse()
+            for task in req.tasks:
+                sig_name = task.model_spec.signature_name or DEFAULT_SIGNATURE
+                method = task.method_name.rsplit("/", 1)[-1]
+                if method not in ("classify", "regress"):
+                    raise InvalidArgument(f"task method_name {task.method_name!r}: expected tensorflow/serving/classify or /regress")
+                outputs = inference.run_examples(lv, method, examples, sig_name)
+                result = resp.results.add()
+                codec.fill_spec(result.model_spec, task.model_spec.name, lv.version, sig_name)
+                if method == "classify":
+                    result.classification_result.CopyFrom(tf_examples.classification_result(outputs, len(examples)))
+                else:
+                    result.regression_result.CopyFrom(tf_examples.regression_result(outputs, len(examples)))
+            return resp
+        finally:
+            lv.release()
+
+
+class ModelService:
+    def __init__(self, manager: Manager) -> None:
+        self.manager = manager
+
+    def GetModelStatus(self, req: get_model_status_pb2.GetModelStatusRequest) -> get_model_status_pb2.GetModelStatusResponse:
+        if not req.model_spec.name:
+            raise InvalidArgument("model_spec.name is empty; name the model whose status you want")
+        mm = self.manager.get(req.model_spec.name)
+        version, label = codec.requested_version(req.model_spec)
+        if label is not None:
+            raise NotFound(f"label {label!r} is not assigned for model {req.model_spec.name!r}")
+        return codec.encode_status(mm.statuses(version))
+
+    def HandleReloadConfigRequest(self, req: model_management_pb2.ReloadConfigRequest) -> model_management_pb2.ReloadConfigResponse:
+        raise Unimplemented("HandleReloadConfigRequest needs --model_config_file support, which this build does not have yet")
+
+
+def handlers(manager: Manager, executor: ThreadPoolExecutor) -> list[grpc.GenericRpcHandler]:
+    from hotserve.server.grpc_server import unary
+
+    ps, ms = PredictionService(manager), ModelService(manager)
+    return [
+        grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {
+            "Predict": unary(ps.Predict, predict_pb2.PredictRequest, predict_pb2.PredictResponse, executor),
+            "GetModelMetadata": unary(ps.GetModelMetadata, get_model_metadata_pb2.GetModelMetadataRequest,
+                                      get_model_metadata_pb2.GetModelMetadataResponse, executor),
+            "Classify": unary(ps.Classify, classification_pb2.ClassificationRequest,
+                              classification_pb2.ClassificationResponse, executor),
+            "Regress": unary(ps.Regress, regression_pb2.RegressionRequest, regression_pb2.RegressionResponse, executor),
+            "MultiInference": unary(ps.MultiInference, inference_pb2.MultiInferenceRequest,
+                                    inference_pb2.MultiInferenceResponse, executor),
+        }),
+        grpc.method_handlers_generic_handler("tensorflow.serving.ModelService", {
+            "GetModelStatus": unary(ms.GetModelStatus, get_model_status_pb2.GetModelStatusRequest,
+                                    get_model_status_pb2.GetModelStatusResponse, executor),
+            "HandleReloadConfigRequest": unary(ms.HandleReloadConfigRequest, model_management_pb2.ReloadConfigRequest,
+                                               model_management_pb2.ReloadConfigResponse, executor),
+        }),
+    ]
+
+
+
