@@ -118,8 +118,8 @@ def test_tf_serving_error_statuses(served):
     code, msg = _code(lambda: stub.Classify(creq, timeout=10))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "classify needs a signature" in msg
     ms = model_service_pb2_grpc.ModelServiceStub(channel)
-    code, _ = _code(lambda: ms.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(), timeout=10))
-    assert code == grpc.StatusCode.UNIMPLEMENTED
+    code, msg = _code(lambda: ms.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(), timeout=10))
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "--admin_token" in msg  # management API off without a token
     # The server still serves after every error.
     assert stub.Predict(_predict_request(x), timeout=10).model_spec.version.value == 1
 
@@ -146,7 +146,7 @@ def test_large_message(served):
 def test_tritonclient_grpc(repo, start_server, tmp_path):
     base, _ = repo
     publish(make_two_io(str(tmp_path / "two" / "model.onnx"), offset=1.0), base, 1)
-    server = start_server(base)
+    server = start_server(base, "--admin_token", "s3cret")
     c = tritongrpc.InferenceServerClient(server.grpc_target)
     assert c.is_server_live() and c.is_server_ready() and c.is_model_ready("m")
     meta = c.get_model_metadata("m", as_json=True)
@@ -168,9 +168,15 @@ def test_tritonclient_grpc(repo, start_server, tmp_path):
         c.infer("m", [a, bad])
     index = c.get_model_repository_index(as_json=True)
     assert index["models"] == [{"name": "m", "version": "1", "state": "READY"}]
-    c.unload_model("m")
+    with pytest.raises(Exception, match="UNAUTHENTICATED"):
+        c.unload_model("m")  # state changes need the admin token
+    with pytest.raises(Exception, match="UNAUTHENTICATED"):
+        c.unload_model("m", headers={"authorization": "Bearer wrong"})
+    assert c.is_model_ready("m")
+    auth = {"authorization": "Bearer s3cret"}
+    c.unload_model("m", headers=auth)
     assert not c.is_model_ready("m")
-    c.load_model("m")
+    c.load_model("m", headers=auth)
     assert c.is_model_ready("m")
     c.close()
 

@@ -118,11 +118,15 @@ def test_v2_errors_are_clear(repo, start_server):
 def test_repository_extension_index_unload_load(repo, start_server):
     base, build = repo
     affine_version(base, 1, build)
-    server = start_server(base)
+    server = start_server(base, "--admin_token", "s3cret")
     c = _client(server)
     index = c.get_model_repository_index()
     assert index == [{"name": "m", "version": "1", "state": "READY", "reason": ""}]
-    c.unload_model("m")
+    r = httpx.post(server.url + "/v2/repository/models/m/unload")
+    assert r.status_code == 401 and "admin token" in r.json()["error"]
+    assert c.is_model_ready("m")
+    auth = {"Authorization": "Bearer s3cret"}
+    c.unload_model("m", headers=auth)
     assert not c.is_model_ready("m")
     assert status(server)[1]["state"] == "END"
     # An explicitly unloaded model stays unloaded while new versions arrive...
@@ -133,10 +137,19 @@ def test_repository_extension_index_unload_load(repo, start_server):
         assert r.status_code == 503
     assert c.is_server_ready()  # an operator's unload does not take the pod out of service
     # ...and load picks up the newest complete version at once.
-    c.load_model("m")
+    c.load_model("m", headers=auth)
     assert c.is_model_ready("m") and c.get_model_metadata("m")["versions"] == ["2"]
     np.testing.assert_array_equal(_infer(c, np.zeros((1, 4), np.float32)).as_numpy("y"), np.full((1, 4), 2.0, np.float32))
     c.close()
+
+
+def test_repository_changes_are_off_without_a_token(repo, start_server):
+    base, build = repo
+    affine_version(base, 1, build)
+    server = start_server(base)
+    r = httpx.post(server.url + "/v2/repository/models/m/unload", headers={"Authorization": "Bearer anything"})
+    assert r.status_code == 403 and "--admin_token" in r.json()["error"]
+    assert httpx.post(server.url + "/v2/repository/index").status_code == 200  # reading stays open
 
 
 def test_hot_swaps_under_tritonclient_http_load(repo, start_server):

@@ -55,6 +55,22 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "host", default="0.0.0.0", help="address to listen on (default 0.0.0.0, all interfaces, like TF Serving)")
     _flag(p, "model_name", default="default", help="name the model is served under (default 'default')")
     _flag(p, "model_base_path", help="directory holding numeric version subdirectories: <path>/<version>/model.onnx")
+    _flag(p, "model_config_file", help="several models from a file: TF Serving's model_config_list text proto, or the same "
+          "as YAML (.yaml/.yml, which may also configure canaries); replaces --model_name/--model_base_path")
+    _flag(p, "model_config_file_poll_wait_seconds", type=_non_negative(float), default=0.0, metavar="S",
+          help="re-read --model_config_file this often and apply changes (default 0: only at start and on "
+               "POST /v1/admin/config:reload); an invalid file is reported and the running config stays")
+    _flag(p, "admin_token", default=None, metavar="TOKEN",
+          help="enables the management API (labels, canary, pin, rollback, load/unload, config reload) for callers "
+               "sending 'Authorization: Bearer TOKEN'; also read from HOTSERVE_ADMIN_TOKEN. Without it that API is off")
+    _flag(p, "memory_budget", default=None, metavar="SIZE",
+          help="memory the loaded versions may use together, e.g. 4GiB (default: no limit); each version counts "
+               "its RSS growth at load, or its files' size before it loads")
+    _flag(p, "memory_budget_policy", default="wait", choices=["wait", "unload_first", "refuse"],
+          help="when a new version does not fit beside the old: wait for memory to free up (default), unload the old "
+               "version first (resource-preserving: brief 503s), or refuse the new version")
+    _flag(p, "reload_config_timeout_seconds", type=_non_negative(float), default=60.0, metavar="S",
+          help="how long a config reload (gRPC HandleReloadConfigRequest, admin API) waits for its models (default 60)")
     _flag(p, "num_versions", type=int, default=1, metavar="N",
           help="version policy 'latest N': serve the N newest complete versions (default 1)")
     _flag(p, "file_system_poll_wait_seconds", type=_non_negative(float), default=1.0, metavar="S",
@@ -82,21 +98,49 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from hotserve.core.manager import ManagerOptions, ModelConfig
+    from hotserve.core.config import ModelConfig
+    from hotserve.core.manager import ManagerOptions
     from hotserve.core.policy import Latest
     from hotserve.observability.logs import setup_logging
     from hotserve.runtimes.registry import RuntimeOptions
     from hotserve.server.serve import ServeOptions, run
 
-    if not args.model_base_path:
-        print("hotserve serve: --model_base_path is required (the directory holding <version>/model.onnx)", file=sys.stderr)
+    import os
+
+    from hotserve.core.config import ConfigError, load_config_file
+    from hotserve.core.memory import parse_size
+    from hotserve.server.auth import ENV_VAR
+
+    if args.model_config_file:
+        if args.model_base_path:
+            print("hotserve serve: give either --model_config_file or --model_base_path, not both", file=sys.stderr)
+            return 2
+        try:
+            models = load_config_file(args.model_config_file)
+        except ConfigError as exc:
+            print(f"hotserve serve: {args.model_config_file}: {exc}", file=sys.stderr)
+            return 2
+    elif not args.model_base_path:
+        print("hotserve serve: --model_base_path is required (the directory holding <version>/model.onnx), "
+              "or --model_config_file for several models", file=sys.stderr)
         return 2
-    if args.num_versions < 1:
-        print(f"hotserve serve: --num_versions must be >= 1, got {args.num_versions}", file=sys.stderr)
+    else:
+        if args.num_versions < 1:
+            print(f"hotserve serve: --num_versions must be >= 1, got {args.num_versions}", file=sys.stderr)
+            return 2
+        models = [ModelConfig(args.model_name, args.model_base_path, Latest(args.num_versions))]
+    try:
+        budget = parse_size(args.memory_budget) if args.memory_budget else None
+    except ValueError as exc:
+        print(f"hotserve serve: --memory_budget: {exc}", file=sys.stderr)
         return 2
     setup_logging(args.log_level, args.log_format)
     opts = ServeOptions(
-        models=[ModelConfig(args.model_name, args.model_base_path, Latest(args.num_versions))],
+        models=models,
+        config_file=args.model_config_file,
+        config_poll_seconds=args.model_config_file_poll_wait_seconds,
+        admin_token=args.admin_token or os.environ.get(ENV_VAR) or None,
+        reload_timeout_seconds=args.reload_config_timeout_seconds,
         manager=ManagerOptions(
             runtime=RuntimeOptions(args.intra_op, args.inter_op),
             settle_seconds=args.version_settle_seconds,
@@ -104,6 +148,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             num_load_threads=max(1, args.num_load_threads),
             num_unload_threads=max(1, args.num_unload_threads),
             use_inotify=args.file_system_watch,
+            memory_budget_bytes=budget,
+            memory_policy=args.memory_budget_policy,
         ),
         host=args.host,
         rest_api_port=args.rest_api_port,

@@ -18,6 +18,7 @@ class Code(str, Enum):
     UNIMPLEMENTED = "UNIMPLEMENTED"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     UNAUTHENTICATED = "UNAUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     DATA_LOSS = "DATA_LOSS"
     INTERNAL = "INTERNAL"
@@ -31,6 +32,7 @@ HTTP_STATUS = {
     Code.FAILED_PRECONDITION: 400,
     Code.NOT_FOUND: 404,
     Code.UNAUTHENTICATED: 401,
+    Code.PERMISSION_DENIED: 403,
     Code.RESOURCE_EXHAUSTED: 429,
     Code.UNIMPLEMENTED: 501,
     Code.UNAVAILABLE: 503,
@@ -70,6 +72,14 @@ class NotFound(HotserveError):
 
 class Unavailable(HotserveError):
     code = Code.UNAVAILABLE
+
+
+class Unauthenticated(HotserveError):
+    code = Code.UNAUTHENTICATED
+
+
+class PermissionDenied(HotserveError):
+    code = Code.PERMISSION_DENIED
 
 
 class Unimplemented(HotserveError):

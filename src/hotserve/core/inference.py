@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Mapping
 
 import numpy as np
@@ -15,15 +16,22 @@ _CLIENT_FAULTS = {"InvalidArgument", "ValueError", "TypeError", "IndexError"}
 
 
 def predict(lv: LoadedVersion, inputs: Mapping[str, np.ndarray], signature_name: str | None) -> dict[str, np.ndarray]:
-    sig = get_signature(lv.servable, signature_name)
-    check_inputs(sig, inputs)
+    """Run one bound request; its outcome and latency feed the version's stats (canary analysis)."""
+    t0 = time.perf_counter()
+    ok = False
     try:
-        return lv.servable.predict(inputs, signature_name or "serving_default")
+        sig = get_signature(lv.servable, signature_name)
+        check_inputs(sig, inputs)
+        out = lv.servable.predict(inputs, signature_name or "serving_default")
+        ok = True
+        return out
     except HotserveError:
         raise
     except Exception as exc:
         code = Code.INVALID_ARGUMENT if type(exc).__name__ in _CLIENT_FAULTS else Code.INTERNAL
         raise HotserveError(f"model {lv.model} version {lv.version}: {type(exc).__name__}: {exc}", code) from exc
+    finally:
+        lv.stats.record(ok, time.perf_counter() - t0)
 
 
 def run_examples(lv: LoadedVersion, method: str, examples: list[bytes], signature_name: str | None) -> dict[str, np.ndarray]:
@@ -37,10 +45,16 @@ def run_examples(lv: LoadedVersion, method: str, examples: list[bytes], signatur
             f"signature {sig_name!r} of model {lv.model} version {lv.version} has method {sig.method_name!r}; "
             f"{method} needs a signature with method {want!r}"
         )
+    t0 = time.perf_counter()
+    ok = False
     try:
-        return runner(examples, sig_name)
+        out = runner(examples, sig_name)
+        ok = True
+        return out
     except HotserveError:
         raise
     except Exception as exc:
         code = Code.INVALID_ARGUMENT if type(exc).__name__ in _CLIENT_FAULTS else Code.INTERNAL
         raise HotserveError(f"model {lv.model} version {lv.version}: {type(exc).__name__}: {exc}", code) from exc
+    finally:
+        lv.stats.record(ok, time.perf_counter() - t0)

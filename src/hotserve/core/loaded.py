@@ -8,18 +8,41 @@ so every request runs start to finish on the version it was bound to.
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
 
 from hotserve.runtimes.base import Servable
 
+# Outcomes kept per version for canary analysis; older ones fall off (a window is seconds long).
+_STATS_WINDOW = 100_000
+
+
+class VersionStats:
+    """Recent request outcomes of one version: (monotonic time, ok, seconds)."""
+
+    __slots__ = ("events",)
+
+    def __init__(self) -> None:
+        self.events: deque[tuple[float, bool, float]] = deque(maxlen=_STATS_WINDOW)
+
+    def record(self, ok: bool, seconds: float) -> None:
+        self.events.append((time.monotonic(), ok, seconds))  # deque.append is atomic
+
+    def since(self, t0: float) -> list[tuple[float, bool, float]]:
+        return [e for e in list(self.events) if e[0] >= t0]
+
 
 class LoadedVersion:
-    __slots__ = ("model", "version", "servable", "version_str", "_lock", "_refs", "_retired", "_drained")
+    __slots__ = ("model", "version", "servable", "version_str", "stats", "memory_bytes", "_lock", "_refs",
+                 "_retired", "_drained")
 
     def __init__(self, model: str, version: int, servable: Servable) -> None:
         self.model = model
         self.version = version
         self.version_str = str(version)
         self.servable = servable
+        self.stats = VersionStats()
+        self.memory_bytes = 0
         # Per-version lock: held for a counter update only, never by a load or a swap.
         self._lock = threading.Lock()
         self._refs = 0

@@ -1,4 +1,5 @@
-"""The route table: an immutable snapshot of one model's routable versions.
+"""The route table: an immutable snapshot of one model's routable versions, labels and canary
+split.
 
 The manager builds a new table and swaps it in with one attribute assignment; readers take
 whatever table is current without a lock, then acquire a handle on the version they picked.
@@ -6,6 +7,8 @@ whatever table is current without a lock, then acquire a handle on the version t
 
 from __future__ import annotations
 
+import random
+import zlib
 from dataclasses import dataclass, field
 
 from hotserve.core.loaded import LoadedVersion
@@ -16,22 +19,32 @@ from hotserve.errors import NotFound, Unavailable
 class RouteTable:
     versions: dict[int, LoadedVersion] = field(default_factory=dict)
     default: LoadedVersion | None = None
+    labels: dict[str, LoadedVersion] = field(default_factory=dict)
+    canary: LoadedVersion | None = None
+    canary_weight: float = 0.0  # percent of default-routed requests
 
-    @staticmethod
-    def build(loaded: dict[int, LoadedVersion]) -> "RouteTable":
-        default = loaded[max(loaded)] if loaded else None
-        return RouteTable(dict(loaded), default)
-
-    def pick(self, model: str, version: int | None) -> LoadedVersion:
-        if version is None:
-            if self.default is None:
-                raise Unavailable(f"Servable not available for request: model {model!r} has no version loaded yet")
-            return self.default
-        lv = self.versions.get(version)
-        if lv is None:
-            served = ", ".join(str(v) for v in sorted(self.versions)) or "none"
-            raise NotFound(f"Servable not found for request: Specific({model}, {version}); versions being served: {served}")
-        return lv
+    def pick(self, model: str, version: int | None, label: str | None = None, key: str | None = None) -> LoadedVersion:
+        if label is not None:
+            lv = self.labels.get(label)
+            if lv is None:
+                known = ", ".join(f"{k}={v.version}" for k, v in sorted(self.labels.items())) or "none"
+                raise NotFound(f"Servable not found for request: label {label!r} of model {model!r} is not assigned "
+                               f"to an available version; labels: {known}")
+            return lv
+        if version is not None:
+            lv = self.versions.get(version)
+            if lv is None:
+                served = ", ".join(str(v) for v in sorted(self.versions)) or "none"
+                raise NotFound(f"Servable not found for request: Specific({model}, {version}); versions being served: {served}")
+            return lv
+        if self.canary is not None:
+            # A request key keeps one client on one side of the split across requests.
+            draw = (zlib.crc32(key.encode()) % 10_000) / 100.0 if key else random.random() * 100.0
+            if draw < self.canary_weight:
+                return self.canary
+        if self.default is None:
+            raise Unavailable(f"Servable not available for request: model {model!r} has no version loaded yet")
+        return self.default
 
 
 # A retry happens only when a swap lands between reading the table and acquiring; a few
@@ -48,9 +61,9 @@ class Route:
         self.model = model
         self.table = RouteTable()
 
-    def acquire(self, version: int | None = None) -> LoadedVersion:
+    def acquire(self, version: int | None = None, label: str | None = None, key: str | None = None) -> LoadedVersion:
         for _ in range(_MAX_ROUNDS):
-            lv = self.table.pick(self.model, version)
+            lv = self.table.pick(self.model, version, label, key)
             if lv.try_acquire():
                 return lv
         raise Unavailable(f"model {self.model!r}: could not bind the request to a version; retry")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -16,6 +17,8 @@ import grpc
 
 from hotserve.core.manager import Manager
 from hotserve.errors import HotserveError
+from hotserve.observability import metrics
+from hotserve.server.auth import AdminAuth
 from hotserve.server import grpc_tfserving, grpc_v2
 
 log = logging.getLogger("hotserve.grpc")
@@ -24,18 +27,46 @@ log = logging.getLogger("hotserve.grpc")
 MAX_MESSAGE_BYTES = 2**31 - 1
 
 
-def unary(fn: Callable, req_cls, resp_cls, executor: ThreadPoolExecutor) -> grpc.RpcMethodHandler:
-    """A unary handler running fn(request) in the worker pool, mapping HotserveError to its status."""
+def _model_of(request) -> str:
+    spec = getattr(request, "model_spec", None)
+    if spec is not None:
+        return spec.name
+    tasks = getattr(request, "tasks", None)
+    if tasks:
+        return tasks[0].model_spec.name
+    return getattr(request, "model_name", "") or getattr(request, "name", "")
+
+
+def _version_of(response) -> str:
+    spec = getattr(response, "model_spec", None)
+    if spec is not None:
+        return str(spec.version.value)
+    return getattr(response, "model_version", "")
+
+
+def unary(fn: Callable, req_cls, resp_cls, executor: ThreadPoolExecutor, api: str | None = None) -> grpc.RpcMethodHandler:
+    """A unary handler running fn(request, metadata) in the worker pool, mapping HotserveError to
+    its status; with `api`, each call is counted in the request metrics."""
 
     async def handler(request, context: grpc.aio.ServicerContext):
         loop = asyncio.get_running_loop()
+        meta = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        t0 = time.perf_counter()
+        code, version = "OK", ""
         try:
-            return await loop.run_in_executor(executor, fn, request)
+            response = await loop.run_in_executor(executor, fn, request, meta)
+            version = _version_of(response) if api else ""
+            return response
         except HotserveError as exc:
+            code = exc.code.value
             await context.abort(grpc.StatusCode[exc.code.value], exc.message)
         except Exception as exc:
+            code = "INTERNAL"
             log.exception("gRPC handler %s failed", getattr(fn, "__name__", fn))
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            if api:
+                metrics.record_request(_model_of(request), version, api, "GRPC", code, time.perf_counter() - t0)
 
     return grpc.unary_unary_rpc_method_handler(
         handler, request_deserializer=req_cls.FromString, response_serializer=resp_cls.SerializeToString
@@ -76,18 +107,30 @@ class _Health:
                 last = status
             await asyncio.sleep(0.1)
 
+    def handler(self) -> grpc.GenericRpcHandler:
+        # Registered by hand: grpcio-health-checking's servicer base class gains methods across
+        # releases (List in 1.85), and only Check and Watch are the protocol's promise.
+        req, resp = self.pb.HealthCheckRequest, self.pb.HealthCheckResponse
+        return grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                self.Check, request_deserializer=req.FromString, response_serializer=resp.SerializeToString),
+            "Watch": grpc.unary_stream_rpc_method_handler(
+                self.Watch, request_deserializer=req.FromString, response_serializer=resp.SerializeToString),
+        })
+
 
 class GrpcServer:
-    def __init__(self, manager: Manager, executor: ThreadPoolExecutor, host: str, port: int) -> None:
+    def __init__(self, manager: Manager, executor: ThreadPoolExecutor, host: str, port: int,
+                 auth: AdminAuth | None = None, reload_timeout_seconds: float = 60.0) -> None:
         self.manager = manager
         self.executor = executor
         self.host = host
         self.port = port
+        self.auth = auth or AdminAuth(None)
+        self.reload_timeout_seconds = reload_timeout_seconds
         self.server: grpc.aio.Server | None = None
 
     async def start(self) -> int:
-        from grpc_health.v1 import health_pb2_grpc
-
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -96,9 +139,10 @@ class GrpcServer:
             ]
         )
         self.server.add_generic_rpc_handlers(
-            grpc_tfserving.handlers(self.manager, self.executor) + grpc_v2.handlers(self.manager, self.executor)
+            grpc_tfserving.handlers(self.manager, self.executor, self.auth, self.reload_timeout_seconds)
+            + grpc_v2.handlers(self.manager, self.executor, self.auth)
         )
-        health_pb2_grpc.add_HealthServicer_to_server(_Health(self.manager), self.server)
+        self.server.add_generic_rpc_handlers([_Health(self.manager).handler()])
         host = f"[{self.host}]" if ":" in self.host else self.host
         bound = self.server.add_insecure_port(f"{host}:{self.port}")
         if bound == 0:

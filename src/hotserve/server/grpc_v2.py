@@ -9,41 +9,45 @@ import grpc
 from hotserve import __version__
 from hotserve.core import inference
 from hotserve.core.manager import Manager
-from hotserve.errors import InvalidArgument
 from hotserve.protocols import v2
 from hotserve.protocols import v2_grpc as codec
 from hotserve.protos.inference import grpc_service_pb2 as pb
 from hotserve.runtimes.base import get_signature
+from hotserve.server.auth import AdminAuth
+from hotserve.server.grpc_tfserving import KEY_METADATA
 from hotserve.server.rest_v2 import EXTENSIONS
 
 
-def _version(text: str) -> int | None:
+def _target(text: str) -> tuple[int | None, str | None]:
+    """(version, label): V2's model_version holds a number, a label, or nothing."""
     if not text:
-        return None
-    if not text.isdigit():
-        raise InvalidArgument(f"model_version must be a non-negative integer or empty, got {text!r}")
-    return int(text)
+        return None, None
+    return (int(text), None) if text.isdigit() else (None, text)
 
 
 class InferenceService:
-    def __init__(self, manager: Manager) -> None:
+    def __init__(self, manager: Manager, auth: AdminAuth) -> None:
         self.manager = manager
+        self.auth = auth
 
-    def ServerLive(self, req: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
+    def ServerLive(self, req: pb.ServerLiveRequest, meta: dict) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    def ServerReady(self, req: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
+    def ServerReady(self, req: pb.ServerReadyRequest, meta: dict) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.manager.ready())
 
-    def ModelReady(self, req: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=self.manager.get(req.name).is_ready(_version(req.version)))
+    def ModelReady(self, req: pb.ModelReadyRequest, meta: dict) -> pb.ModelReadyResponse:
+        mm = self.manager.get(req.name)
+        version, label = _target(req.version)
+        ready = label in mm.route.table.labels if label is not None else mm.is_ready(version)
+        return pb.ModelReadyResponse(ready=ready)
 
-    def ServerMetadata(self, req: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
+    def ServerMetadata(self, req: pb.ServerMetadataRequest, meta: dict) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name="hotserve", version=__version__, extensions=EXTENSIONS)
 
-    def ModelMetadata(self, req: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
+    def ModelMetadata(self, req: pb.ModelMetadataRequest, meta: dict) -> pb.ModelMetadataResponse:
         mm = self.manager.get(req.name)
-        lv = self.manager.acquire(req.name, _version(req.version))
+        lv = self.manager.acquire(req.name, *_target(req.version))
         try:
             sig = get_signature(lv.servable, None)
             resp = pb.ModelMetadataResponse(
@@ -58,36 +62,39 @@ class InferenceService:
         finally:
             lv.release()
 
-    def ModelInfer(self, req: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    def ModelInfer(self, req: pb.ModelInferRequest, meta: dict) -> pb.ModelInferResponse:
         inputs = codec.decode_infer(req)
-        lv = self.manager.acquire(req.model_name, _version(req.model_version))
+        lv = self.manager.acquire(req.model_name, *_target(req.model_version), meta.get(KEY_METADATA))
         try:
             outputs = inference.predict(lv, inputs, None)
             return codec.encode_infer(req.model_name, lv.version_str, req.id, outputs, [o.name for o in req.outputs])
         finally:
             lv.release()
 
-    def RepositoryIndex(self, req: pb.RepositoryIndexRequest) -> pb.RepositoryIndexResponse:
+    def RepositoryIndex(self, req: pb.RepositoryIndexRequest, meta: dict) -> pb.RepositoryIndexResponse:
         resp = pb.RepositoryIndexResponse()
         for row in v2.repository_index(self.manager.models, req.ready):
             resp.models.add(**row)
         return resp
 
-    def RepositoryModelLoad(self, req: pb.RepositoryModelLoadRequest) -> pb.RepositoryModelLoadResponse:
+    def RepositoryModelLoad(self, req: pb.RepositoryModelLoadRequest, meta: dict) -> pb.RepositoryModelLoadResponse:
+        self.auth.check(meta.get("authorization"))
         self.manager.get(req.model_name).request_load()
         return pb.RepositoryModelLoadResponse()
 
-    def RepositoryModelUnload(self, req: pb.RepositoryModelUnloadRequest) -> pb.RepositoryModelUnloadResponse:
+    def RepositoryModelUnload(self, req: pb.RepositoryModelUnloadRequest, meta: dict) -> pb.RepositoryModelUnloadResponse:
+        self.auth.check(meta.get("authorization"))
         self.manager.get(req.model_name).request_unload()
         return pb.RepositoryModelUnloadResponse()
 
 
-def handlers(manager: Manager, executor: ThreadPoolExecutor) -> list[grpc.GenericRpcHandler]:
+def handlers(manager: Manager, executor: ThreadPoolExecutor, auth: AdminAuth) -> list[grpc.GenericRpcHandler]:
     from hotserve.server.grpc_server import unary
 
-    svc = InferenceService(manager)
+    svc = InferenceService(manager, auth)
     methods = {}
     for name in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
                  "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"):
-        methods[name] = unary(getattr(svc, name), getattr(pb, f"{name}Request"), getattr(pb, f"{name}Response"), executor)
+        methods[name] = unary(getattr(svc, name), getattr(pb, f"{name}Request"), getattr(pb, f"{name}Response"), executor,
+                              "infer" if name == "ModelInfer" else None)
     return [grpc.method_handlers_generic_handler("inference.GRPCInferenceService", methods)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import orjson
@@ -16,8 +17,10 @@ import orjson
 from hotserve.core import inference
 from hotserve.core.manager import Manager
 from hotserve.errors import HotserveError, InvalidArgument, MethodNotAllowed, NotFound
+from hotserve.observability import metrics
 from hotserve.protocols import tfserving_rest as tfs
 from hotserve.runtimes.base import get_signature
+from hotserve.server.admin import AdminRoutes
 from hotserve.server.rest_v2 import V2Routes
 
 log = logging.getLogger("hotserve.rest")
@@ -25,6 +28,8 @@ log = logging.getLogger("hotserve.rest")
 _JSON = (b"content-type", b"application/json")
 _VERSION_HEADER = b"x-model-version"
 _V1 = "/v1/models/"
+# TF Serving's Prometheus path, and the usual one.
+_METRICS_PATHS = ("/monitoring/prometheus/metrics", "/metrics")
 
 
 class Reply:
@@ -49,11 +54,13 @@ def parse_version(text: str) -> int:
 
 
 class RestApp:
-    def __init__(self, manager: Manager, executor: ThreadPoolExecutor, timeout_seconds: float = 30.0) -> None:
+    def __init__(self, manager: Manager, executor: ThreadPoolExecutor, timeout_seconds: float = 30.0,
+                 admin: "AdminRoutes | None" = None) -> None:
         self.manager = manager
         self.executor = executor
         self.timeout_seconds = timeout_seconds
         self.v2 = V2Routes(manager, self)
+        self.admin = admin or AdminRoutes(manager, self, token=None)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -79,7 +86,11 @@ class RestApp:
         path: str = scope["path"]
         method: str = scope["method"]
         if path.startswith(_V1):
-            return await self._v1(path[len(_V1):], method, receive)
+            return await self._v1(path[len(_V1):], method, scope, receive)
+        if path in _METRICS_PATHS:
+            return Reply(200, metrics.REGISTRY.render(), headers=[(b"content-type", b"text/plain; version=0.0.4")])
+        if path.startswith("/v1/admin/"):
+            return await self.admin.dispatch(path[len("/v1/admin/"):], method, scope, receive)
         if path in ("/healthz", "/v2/health/live"):
             return Reply(200, b'{"live":true}')
         if path in ("/readyz", "/v2/health/ready"):
@@ -87,8 +98,9 @@ class RestApp:
         if path == "/v2" or path.startswith("/v2/"):
             return await self.v2.dispatch(path, method, scope, receive)
         raise NotFound(
-            f"no such endpoint: {method} {path}; the REST API serves /v1/models/<name>[/versions/<v>][:predict|/metadata],"
-            " /v2/... (KServe V2), /healthz and /readyz"
+            f"no such endpoint: {method} {path}; the REST API serves /v1/models/<name>[/versions/<v>|/labels/<l>]"
+            "[:predict|:classify|:regress|/metadata], /v2/... (KServe V2), /v1/admin/... (management), /healthz, /readyz,"
+            " /metrics"
         )
 
     def _ready(self) -> Reply:
@@ -96,7 +108,7 @@ class RestApp:
         ready = self.manager.ready()
         return Reply(200 if ready else 503, orjson.dumps({"ready": ready, "models": models}))
 
-    async def _v1(self, rest: str, method: str, receive) -> Reply:
+    async def _v1(self, rest: str, method: str, scope, receive) -> Reply:
         verb = None
         if ":" in rest:
             rest, verb = rest.rsplit(":", 1)
@@ -105,10 +117,11 @@ class RestApp:
         if not name:
             raise NotFound("model name missing: expected /v1/models/<name>")
         version: int | None = None
+        label: str | None = None
         if tail[:1] == ["versions"] and len(tail) >= 2:
             version, tail = parse_version(tail[1]), tail[2:]
         elif tail[:1] == ["labels"] and len(tail) >= 2:
-            self.manager.acquire(name, None, tail[1])  # raises until labels exist
+            label, tail = tail[1], tail[2:]
         if verb is not None:
             if tail:
                 raise NotFound(f"malformed path: unexpected /{'/'.join(tail)} before :{verb}")
@@ -117,16 +130,22 @@ class RestApp:
             if method != "POST":
                 raise MethodNotAllowed(f":{verb} takes POST, got {method}")
             body = await read_body(receive)
+            key = request_key(scope)
             if verb == "predict":
-                return await self.run(self._predict, name, version, body)
-            return await self.run(self._examples, verb, name, version, body)
+                return await self.run(self.observed, "predict", name, self._predict, name, version, label, key, body)
+            return await self.run(self.observed, verb, name, self._examples, verb, name, version, label, key, body)
         if method != "GET":
             raise MethodNotAllowed(f"{method} is not allowed here; model status and metadata take GET")
         if tail == ["metadata"]:
-            return self._metadata(name, version)
+            return self._metadata(name, version, label)
         if tail:
             raise NotFound(f"malformed path: /{'/'.join(tail)}; expected /metadata or nothing after the model")
         mm = self.manager.get(name)
+        if label is not None:
+            lv = mm.route.table.labels.get(label)
+            if lv is None:
+                raise NotFound(f"label {label!r} of model {name!r} is not assigned to an available version")
+            version = lv.version
         return Reply(200, tfs.dumps(tfs.status_doc(mm.statuses(version))))
 
     async def run(self, fn, *args) -> Reply:
@@ -136,11 +155,19 @@ class RestApp:
         except asyncio.TimeoutError:
             return Reply(504, tfs.encode_error(f"request did not finish within {self.timeout_seconds:g}s (--rest_api_timeout_in_ms)"))
 
-    def _predict(self, name: str, version: int | None, body: bytes) -> Reply:
+    @staticmethod
+    def observed(api: str, name: str, fn, *args) -> Reply:
+        t0 = time.perf_counter()
+        reply = fn(*args)
+        metrics.record_request(name, reply.version or "", api, "REST", _STATUS_NAMES.get(reply.status, "UNKNOWN"),
+                               time.perf_counter() - t0)
+        return reply
+
+    def _predict(self, name: str, version: int | None, label: str | None, key: str | None, body: bytes) -> Reply:
         try:
             doc = tfs.parse_body(body)
             sig_name = tfs.signature_name(doc)
-            lv = self.manager.acquire(name, version)
+            lv = self.manager.acquire(name, version, label, key)
         except HotserveError as exc:
             return _error(exc)
         try:
@@ -153,14 +180,15 @@ class RestApp:
         finally:
             lv.release()
 
-    def _examples(self, method: str, name: str, version: int | None, body: bytes) -> Reply:
+    def _examples(self, method: str, name: str, version: int | None, label: str | None, key: str | None,
+                  body: bytes) -> Reply:
         from hotserve.protocols import tf_examples
 
         try:
             doc = tfs.parse_body(body)
             sig_name = tfs.signature_name(doc)
             examples = tf_examples.json_examples(doc)
-            lv = self.manager.acquire(name, version)
+            lv = self.manager.acquire(name, version, label, key)
         except HotserveError as exc:
             return _error(exc)
         try:
@@ -175,13 +203,27 @@ class RestApp:
         finally:
             lv.release()
 
-    def _metadata(self, name: str, version: int | None) -> Reply:
-        lv = self.manager.acquire(name, version)
+    def _metadata(self, name: str, version: int | None, label: str | None) -> Reply:
+        lv = self.manager.acquire(name, version, label)
         try:
             doc = tfs.metadata_doc(name, lv.version, lv.servable.signatures)
             return Reply(200, tfs.dumps(doc), lv.version_str)
         finally:
             lv.release()
+
+
+_STATUS_NAMES = {200: "OK", 400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+                 404: "NOT_FOUND", 405: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
+                 501: "UNIMPLEMENTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+_KEY_HEADER = b"x-request-key"
+
+
+def request_key(scope) -> str | None:
+    """The client's sticky-routing key (X-Request-Key), if it sent one."""
+    for k, v in scope["headers"]:
+        if k == _KEY_HEADER:
+            return v.decode("latin-1")
+    return None
 
 
 async def read_body(receive) -> bytes:

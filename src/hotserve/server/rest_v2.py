@@ -16,7 +16,7 @@ from hotserve.protocols import v2
 from hotserve.runtimes.base import get_signature
 
 if TYPE_CHECKING:
-    from hotserve.server.rest import RestApp, Reply
+    from hotserve.server.rest import Reply, RestApp
 
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
 _OCTET = (b"content-type", b"application/octet-stream")
@@ -33,6 +33,16 @@ def _header(scope, name: bytes) -> str | None:
         if k == name:
             return v.decode("latin-1")
     return None
+
+
+def split_version(version: int | str | None) -> tuple[int | None, str | None]:
+    """(version, label) from a V2 version field that holds a number or a label."""
+    return (None, version) if isinstance(version, str) else (version, None)
+
+
+def label_version(mm, label: str) -> int | None:
+    lv = mm.route.table.labels.get(label)
+    return lv.version if lv is not None else None
 
 
 def _decompress(body: bytes, encoding: str | None) -> bytes:
@@ -54,14 +64,14 @@ class V2Routes:
         self.app = app
 
     async def dispatch(self, path: str, method: str, scope, receive) -> "Reply":
-        from hotserve.server.rest import read_body
+        from hotserve.server.rest import read_body, request_key
 
         parts = path.strip("/").split("/")[1:]  # drop "v2"
         if not parts:
             return _json(200, {"name": "hotserve", "version": __version__, "extensions": EXTENSIONS})
         if parts[0] == "models" and len(parts) >= 2:
             name, rest = parts[1], parts[2:]
-            version: int | None = None
+            version: int | str | None = None
             if rest[:1] == ["versions"] and len(rest) >= 2:
                 version, rest = self._version(rest[1]), rest[2:]
             if rest == ["infer"]:
@@ -69,7 +79,8 @@ class V2Routes:
                 body = await read_body(receive)
                 hdr = _header(scope, b"inference-header-content-length")
                 enc = _header(scope, b"content-encoding")
-                return await self.app.run(self._infer, name, version, body, hdr, enc)
+                key = request_key(scope)
+                return await self.app.run(self.app.observed, "infer", name, self._infer, name, version, key, body, hdr, enc)
             self._method(method, "GET")
             if rest == ["ready"]:
                 return self._model_ready(name, version)
@@ -84,6 +95,7 @@ class V2Routes:
                 except (orjson.JSONDecodeError, AttributeError):
                     raise InvalidArgument("repository index body must be empty or a JSON object like {\"ready\": true}") from None
             if len(parts) == 4 and parts[1] == "models" and parts[3] in ("load", "unload"):
+                self.app.admin.auth.check(_header(scope, b"authorization"))
                 mm = self.manager.get(parts[2])
                 await read_body(receive)
                 fn = mm.request_load if parts[3] == "load" else mm.request_unload
@@ -97,20 +109,20 @@ class V2Routes:
             raise MethodNotAllowed(f"this endpoint takes {want}, got {got}")
 
     @staticmethod
-    def _version(text: str) -> int | None:
+    def _version(text: str) -> int | str | None:
+        """A version number, or a label (V2's version field accepts either here)."""
         if text == "":
             return None
-        from hotserve.server.rest import parse_version
+        return int(text) if text.isdigit() else text
 
-        return parse_version(text)
-
-    def _model_ready(self, name: str, version: int | None) -> "Reply":
-        ready = self.manager.get(name).is_ready(version)
+    def _model_ready(self, name: str, version: int | str | None) -> "Reply":
+        mm = self.manager.get(name)
+        ready = (label_version(mm, version) is not None) if isinstance(version, str) else mm.is_ready(version)
         return _json(200 if ready else 400, {"name": name, "ready": ready})
 
-    def _model_metadata(self, name: str, version: int | None) -> "Reply":
+    def _model_metadata(self, name: str, version: int | str | None) -> "Reply":
         mm = self.manager.get(name)
-        lv = self.manager.acquire(name, version)
+        lv = self.manager.acquire(name, *split_version(version))
         try:
             sig = get_signature(lv.servable, None)
             doc = {
@@ -128,7 +140,8 @@ class V2Routes:
         ready_only = bool(body) and orjson.loads(body).get("ready", False) is True
         return _json(200, v2.repository_index(self.manager.models, ready_only))
 
-    def _infer(self, name: str, version: int | None, body: bytes, hdr: str | None, enc: str | None) -> "Reply":
+    def _infer(self, name: str, version: int | str | None, key: str | None, body: bytes, hdr: str | None,
+               enc: str | None) -> "Reply":
         from hotserve.server.rest import Reply, _error
 
         try:
@@ -138,7 +151,7 @@ class V2Routes:
             except ValueError:
                 raise InvalidArgument(f"Inference-Header-Content-Length must be an integer, got {hdr!r}") from None
             req = v2.decode_infer(body, header_len)
-            lv = self.manager.acquire(name, version)
+            lv = self.manager.acquire(name, *split_version(version), key=key)
         except HotserveError as exc:
             return _error(exc)
         try:

@@ -11,7 +11,11 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from hotserve.core.manager import Manager, ManagerOptions, ModelConfig
+from hotserve.core.config import ModelConfig
+from hotserve.core.config_watcher import ConfigFileWatcher
+from hotserve.core.manager import Manager, ManagerOptions
+from hotserve.server.admin import AdminRoutes
+from hotserve.server.auth import AdminAuth
 from hotserve.server.rest import RestApp
 
 log = logging.getLogger("hotserve.server")
@@ -26,6 +30,10 @@ class ServeOptions:
     grpc_port: int = 8500
     rest_api_num_threads: int = 0  # 0: 4 x cores, like TF Serving
     rest_api_timeout_seconds: float = 30.0
+    config_file: str | None = None
+    config_poll_seconds: float = 0.0
+    admin_token: str | None = None
+    reload_timeout_seconds: float = 60.0
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -78,20 +86,29 @@ async def serve(opts: ServeOptions, on_listening=None) -> None:
     manager = Manager(opts.models, opts.manager)
     sock = bind_socket(opts.host, opts.rest_api_port)
     host, port = sock.getsockname()[:2]
-    rest = _Uvicorn(RestApp(manager, executor, opts.rest_api_timeout_seconds), sock)
+    watcher = ConfigFileWatcher(opts.config_file, manager, opts.config_poll_seconds,
+                                opts.reload_timeout_seconds) if opts.config_file else None
+    app = RestApp(manager, executor, opts.rest_api_timeout_seconds)
+    app.admin = AdminRoutes(manager, app, opts.admin_token, watcher.reload_now if watcher else None)
+    rest = _Uvicorn(app, sock)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, rest.stop)
     from hotserve.server.grpc_server import GrpcServer
 
-    grpc_server = GrpcServer(manager, executor, opts.host, opts.grpc_port)
+    grpc_server = GrpcServer(manager, executor, opts.host, opts.grpc_port, AdminAuth(opts.admin_token),
+                             opts.reload_timeout_seconds)
     try:
         grpc_port = await grpc_server.start()
     except BaseException:
         sock.close()
         raise
     manager.start()
+    if watcher is not None:
+        watcher.start()
+    if not opts.admin_token:
+        log.info("management API off (no --admin_token): labels, rollback, load/unload and config reload are refused")
     for mc in opts.models:
         log.info("model %s: watching %s", mc.name, manager.models[mc.name].base_path)
     # Tools and tests read these lines to learn the bound ports (they matter with port 0).
@@ -103,6 +120,8 @@ async def serve(opts: ServeOptions, on_listening=None) -> None:
         await rest.serve()
     finally:
         log.info("shutting down: draining in-flight requests and unloading models")
+        if watcher is not None:
+            watcher.stop()
         await grpc_server.stop()
         await loop.run_in_executor(None, manager.stop)
         executor.shutdown(wait=False, cancel_futures=True)
