@@ -24,7 +24,8 @@ def affine_version(base: str, version: int, build_dir: str, offset: float | None
 
 
 def python_model_source(offset: float, gate: str | None = None, entered: str | None = None,
-                        load_sleep: float = 0.0, fail_predict: bool = False) -> str:
+                        load_sleep: float = 0.0, fail_predict: bool = False, fail_nonzero: bool = False,
+                        sleep: float = 0.0) -> str:
     """A Python-runtime model: y = x + offset. A request whose first value is 999 signals
     `entered` and then blocks until the `gate` file exists (bounded at 60 s)."""
     return textwrap.dedent(f"""
@@ -40,6 +41,11 @@ def python_model_source(offset: float, gate: str | None = None, entered: str | N
             x = inputs["x"]
             if {fail_predict!r}:
                 raise RuntimeError("this version is broken on purpose")
+            if {fail_nonzero!r} and float(abs(x).sum()) != 0.0:
+                # Passes validation (zeros) but fails real traffic: what a canary must catch.
+                raise RuntimeError("this version fails real inputs on purpose")
+            if {sleep!r}:
+                time.sleep({sleep!r})
             if x.size and x.flat[0] == 999.0 and {gate!r} is not None:
                 open({entered!r}, "w").close()
                 deadline = time.monotonic() + 60
@@ -49,9 +55,13 @@ def python_model_source(offset: float, gate: str | None = None, entered: str | N
     """)
 
 
-def python_version(base: str, version: int, build_dir: str, **kw) -> str:
+def python_version(base: str, version: int, build_dir: str, extra_bytes: int = 0, **kw) -> str:
+    """extra_bytes pads the version with a weights file, to give it a size (memory budget tests)."""
     d = os.path.join(build_dir, f"py-{version}-{time.monotonic_ns()}")
     os.makedirs(d)
+    if extra_bytes:
+        with open(os.path.join(d, "weights.bin"), "wb") as f:
+            f.write(os.urandom(extra_bytes))
     with open(os.path.join(d, "model.py"), "w") as f:
         f.write(python_model_source(kw.pop("offset", float(version)), **kw))
     return publish(d, base, version)[1]
@@ -71,9 +81,10 @@ def start_server(tmp_path):
     """start_server(base, *flags) -> a started ServerProcess serving model 'm'; all are stopped at teardown."""
     servers: list[ServerProcess] = []
 
-    def start(base: str, *flags: str, wait_ready: bool = True) -> ServerProcess:
-        args = ["--model_name", "m", "--model_base_path", base,
-                "--file_system_poll_wait_seconds", "0.2", "--version_settle_seconds", "0.5", *flags]
+    def start(base: str | None, *flags: str, wait_ready: bool = True) -> ServerProcess:
+        """base=None: the flags name the models (--model_config_file)."""
+        model = ["--model_name", "m", "--model_base_path", base] if base is not None else []
+        args = [*model, "--file_system_poll_wait_seconds", "0.2", "--version_settle_seconds", "0.5", *flags]
         server = ServerProcess(args, str(tmp_path / f"server{len(servers)}.log"))
         servers.append(server)
         server.start()
@@ -91,8 +102,8 @@ def predict(client: httpx.Client, url: str, x: list, version: int | None = None)
     return client.post(url + path, json={"instances": x})
 
 
-def status(server: ServerProcess) -> dict[int, dict]:
-    code, body = server.get("/v1/models/m")
+def status(server: ServerProcess, model: str = "m") -> dict[int, dict]:
+    code, body = server.get(f"/v1/models/{model}")
     assert code == 200, body
     import json
 
@@ -108,8 +119,15 @@ def wait_for(cond, timeout: float = 20.0, what: str = "condition") -> None:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def wait_state(server: ServerProcess, version: int, state: str, timeout: float = 20.0) -> None:
-    wait_for(lambda: status(server).get(version, {}).get("state") == state, timeout,
+def _state(server: ServerProcess, model: str, version: int) -> str | None:
+    code, body = server.get(f"/v1/models/{model}")
+    if code == 404:
+        return None  # the model is not configured (yet)
+    return status(server, model).get(version, {}).get("state")
+
+
+def wait_state(server: ServerProcess, version: int, state: str, timeout: float = 20.0, model: str = "m") -> None:
+    wait_for(lambda: _state(server, model, version) == state, timeout,
              f"version {version} to reach {state}; log:\n{server.log()[-3000:]}")
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-_SUBCOMMANDS = {"serve", "publish", "versions", "demo"}
 
 
 def _bool(text: str) -> bool:
@@ -257,6 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(demo, "rest_api_port", type=_port, default=0, help="port for the demo server (default: a free one)")
     _flag(demo, "workdir", default=None, help="model repository to use (default: a temporary directory)")
     demo.set_defaults(func=_cmd_demo)
+
+    from hotserve.admin_client import add_commands
+
+    add_commands(sub)
     return parser
 
 

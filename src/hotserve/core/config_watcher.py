@@ -56,9 +56,17 @@ class ConfigFileWatcher:
             return {"models": result}
 
     def _run(self) -> None:
+        unreadable = False
         while not self._stop.wait(self.poll_seconds):
             digest = _digest(self.path)
-            if digest is None or digest == self._seen:
+            if digest is None:
+                if not unreadable:
+                    unreadable = True
+                    log.warning("config file %s is unreadable; keeping the running config until it is back", self.path,
+                                extra={"event": "config_unreadable", "model": ""})
+                continue
+            unreadable = False
+            if digest == self._seen:
                 continue
             with self._lock:
                 self._seen = digest

@@ -264,9 +264,18 @@ class ModelManager:
         with self._cv:
             if weight is not None:
                 self.canary_weight = float(weight)
-            if version is not None and "stable" not in self.labels and self.route.table.default is not None:
-                # Canarying needs a stable side: the version serving now.
-                self.labels["stable"] = self.route.table.default.version
+            if version is not None and self.labels.get("stable") in (None, version):
+                # Canarying needs a stable side: the version serving now, or if that is the canary
+                # itself, the newest other loaded version.
+                default = self.route.table.default
+                others = sorted((v for v in self._loaded if v != version), reverse=True)
+                if default is not None and default.version != version:
+                    self.labels["stable"] = default.version
+                elif others:
+                    self.labels["stable"] = next((v for v in others if v < version), others[0])
+                else:
+                    raise InvalidArgument(f"model {self.name!r}: a canary needs another loaded version as stable; "
+                                          f"only version {version} is loaded")
         if version is None:
             with self._cv:
                 self.labels.pop("canary", None)
@@ -602,7 +611,8 @@ class ModelManager:
             return None
         st.load_seconds = time.perf_counter() - t0
         st.memory_bytes = measured
-        self._budget.commit((self.name, info.version), measured or info.size_bytes)
+        # RSS growth can undercount (pages shared or not yet touched): count at least the files.
+        self._budget.commit((self.name, info.version), max(measured, info.size_bytes))
         metrics.LOADS.inc((self.name, "ok"))
         metrics.LOAD_SECONDS.observe((self.name, "ok"), st.load_seconds)
         metrics.VERSION_MEMORY.set((self.name, str(info.version), "measured"), measured)
@@ -778,7 +788,9 @@ class Manager:
             else:
                 errors = [f"version {st.version}: {st.error_message}" for st in mm.statuses() if st.error_message]
                 result[c.name] = mm.outage or "; ".join(errors) or "still loading"
-        waiting = [n for n, r in result.items() if r == "still loading"]
-        if waiting:
-            raise Unavailable(f"config applied, but models {waiting} have no available version after {timeout:g}s; loading continues")
+        missing = {n: r for n, r in result.items() if r != "AVAILABLE"}
+        if missing:
+            detail = "; ".join(f"{n!r}: {r}" for n, r in missing.items())
+            raise Unavailable(f"config applied, but after {timeout:g}s these models have no available version "
+                              f"({detail}); they keep loading in the background")
         return result

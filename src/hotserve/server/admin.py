@@ -48,7 +48,7 @@ class AdminRoutes:
                 raise MethodNotAllowed("config:reload takes POST")
             if self.reload_config is None:
                 raise NotFound("this server was not started with --model_config_file; there is no config to reload")
-            result = await self.app.run(self.reload_config)
+            result = await self.app.run(self.reload_config, bounded=False)
             return result if isinstance(result, Reply) else Reply(200, orjson.dumps(result))
         parts = rest.split("/")
         if len(parts) < 2 or parts[0] != "models":
@@ -72,21 +72,21 @@ class AdminRoutes:
             if not isinstance(labels, dict) or not labels:
                 raise InvalidArgument('expected {"labels": {"<label>": <version or null>, ...}}')
             changes = {str(k): _int_or_none(labels, k) for k in labels}
-            result = await self.app.run(mm.set_labels, changes)
+            result = await self.app.run(mm.set_labels, changes, bounded=False)
         elif action == "canary":
             weight = doc.get("weight")
             if weight is not None and (not isinstance(weight, (int, float)) or isinstance(weight, bool)):
                 raise InvalidArgument(f"'weight' must be a percentage, got {weight!r}")
-            result = await self.app.run(mm.set_canary, _int_or_none(doc, "version"), weight)
+            result = await self.app.run(mm.set_canary, _int_or_none(doc, "version"), weight, bounded=False)
         elif action == "pin":
-            result = await self.app.run(mm.pin, _int_or_none(doc, "version"))
+            result = await self.app.run(mm.pin, _int_or_none(doc, "version"), bounded=False)
         elif action == "rollback":
-            result = await self.app.run(mm.rollback, _int_or_none(doc, "to"))
+            result = await self.app.run(mm.rollback, _int_or_none(doc, "to"), bounded=False)
         elif action == "load":
-            await self.app.run(mm.request_load)
+            await self.app.run(mm.request_load, bounded=False)
             result = mm.routing()
         elif action == "unload":
-            await self.app.run(mm.request_unload)
+            await self.app.run(mm.request_unload, bounded=False)
             result = mm.routing()
         else:
             raise NotFound(f"unknown admin action {action!r}; expected labels, canary, pin, rollback, load, unload")

@@ -148,10 +148,15 @@ class RestApp:
             version = lv.version
         return Reply(200, tfs.dumps(tfs.status_doc(mm.statuses(version))))
 
-    async def run(self, fn, *args) -> Reply:
+    async def run(self, fn, *args, bounded: bool = True) -> Reply:
+        """Run fn in the worker pool; with bounded, answer 504 after --rest_api_timeout_in_ms.
+        Management calls pass bounded=False: each carries its own, longer bound."""
         loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.executor, fn, *args)
+        if not bounded:
+            return await future
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self.executor, fn, *args), self.timeout_seconds)
+            return await asyncio.wait_for(future, self.timeout_seconds)
         except asyncio.TimeoutError:
             return Reply(504, tfs.encode_error(f"request did not finish within {self.timeout_seconds:g}s (--rest_api_timeout_in_ms)"))
 

@@ -99,7 +99,7 @@ class V2Routes:
                 mm = self.manager.get(parts[2])
                 await read_body(receive)
                 fn = mm.request_load if parts[3] == "load" else mm.request_unload
-                await self.app.run(fn)
+                await self.app.run(fn, bounded=False)
                 return _json(200, {})
         raise NotFound(f"no such V2 endpoint: {method} {path}")
 

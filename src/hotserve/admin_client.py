@@ -1,0 +1,115 @@
+"""Command-line client for the management API: `hotserve rollback|pin|label|canary|routing`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+
+from hotserve.server.auth import ENV_VAR
+
+
+def call(url: str, token: str | None, method: str, path: str, body: dict | None = None, timeout: float = 120.0) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url.rstrip("/") + path, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error", "")
+        except ValueError:
+            message = ""
+        raise SystemExit(f"hotserve: {method} {path} failed with HTTP {exc.code}: {message}") from None
+    except urllib.error.URLError as exc:
+        raise SystemExit(f"hotserve: cannot reach {url}: {exc.reason}") from None
+
+
+def _print_routing(r: dict) -> None:
+    canary = r.get("canary")
+    print(f"model {r['model']}: default version {r['default_version']}, serving {r['served_versions']}")
+    print(f"  labels {r['labels']}" + (f" (requested {r['requested_labels']})" if r["requested_labels"] != r["labels"] else ""))
+    if canary:
+        print(f"  canary version {canary['version']} at {canary['weight']:g}%")
+    if r.get("pinned") is not None:
+        print(f"  pinned to version {r['pinned']} (new versions wait; clear with: hotserve pin {r['model']} --clear)")
+    if r.get("rolled_back"):
+        print(f"  rolled back (kept out until their directories change): {r['rolled_back']}")
+
+
+def add_commands(sub) -> None:
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("model")
+        p.add_argument("--url", default="http://localhost:8501", help="the server's REST address (default http://localhost:8501)")
+        p.add_argument("--token", default=None, help=f"admin token (default: ${ENV_VAR})")
+
+    p = sub.add_parser("rollback", help="serve an earlier version now (pins it; instant if it is still loaded)")
+    common(p)
+    p.add_argument("--to", type=int, default=None, help="version to serve (default: the one served before the current)")
+    p.set_defaults(func=lambda a: _run(a, "rollback", {"to": a.to}))
+
+    p = sub.add_parser("pin", help="serve one version only, whatever newer versions appear")
+    common(p)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("version", nargs="?", type=int)
+    g.add_argument("--clear", action="store_true", help="follow the version policy again")
+    p.set_defaults(func=lambda a: _run(a, "pin", {"version": None if a.clear else a.version}))
+
+    p = sub.add_parser("label", help="move labels: hotserve label m stable=3 canary=4 (canary= removes)")
+    common(p)
+    p.add_argument("assignments", nargs="+", metavar="LABEL=VERSION")
+    p.set_defaults(func=_label)
+
+    p = sub.add_parser("canary", help="send a share of default traffic to a version beside the stable one")
+    common(p)
+    p.add_argument("--version", type=int, default=None, help="canary version (omit with --stop)")
+    p.add_argument("--weight", type=float, default=None, help="percent of default traffic (e.g. 10)")
+    p.add_argument("--stop", action="store_true", help="end the canary; stable serves everything")
+    p.set_defaults(func=_canary)
+
+    p = sub.add_parser("routing", help="show what a model serves: default version, labels, canary, pin")
+    common(p)
+    p.set_defaults(func=lambda a: _show(a))
+
+
+def _token(args) -> str | None:
+    return args.token or os.environ.get(ENV_VAR)
+
+
+def _run(args, action: str, body: dict) -> int:
+    _print_routing(call(args.url, _token(args), "POST", f"/v1/admin/models/{args.model}/{action}", body))
+    return 0
+
+
+def _show(args) -> int:
+    _print_routing(call(args.url, _token(args), "GET", f"/v1/admin/models/{args.model}"))
+    return 0
+
+
+def _label(args) -> int:
+    changes: dict[str, int | None] = {}
+    for item in args.assignments:
+        label, sep, version = item.partition("=")
+        if not sep or not label:
+            print(f"hotserve label: {item!r} is not LABEL=VERSION", file=sys.stderr)
+            return 2
+        if version and not version.isdigit():
+            print(f"hotserve label: {item!r}: the version must be a number (or empty to remove the label)", file=sys.stderr)
+            return 2
+        changes[label] = int(version) if version else None
+    return _run(args, "labels", {"labels": changes})
+
+
+def _canary(args) -> int:
+    if args.stop:
+        return _run(args, "canary", {"version": None})
+    if args.version is None:
+        print("hotserve canary: give --version (and optionally --weight), or --stop", file=sys.stderr)
+        return 2
+    return _run(args, "canary", {"version": args.version, "weight": args.weight})
