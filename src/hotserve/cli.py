@@ -90,6 +90,11 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tensorflow_inter_op_parallelism", "--tensorflow-inter-op-parallelism", "--inter_op_parallelism",
                    "--inter-op-parallelism", dest="inter_op", type=_non_negative(int), default=0, metavar="N",
                    help="threads one inference may use across operators (default 0: the runtime decides)")
+    _flag(p, "enable_batching", type=_bool, default=False, nargs="?", const=True, metavar="BOOL",
+          help="merge concurrent requests into batches (TF Serving's flag); per model in a YAML config with 'batching:'")
+    _flag(p, "batching_parameters_file", default=None, metavar="PATH",
+          help="TF Serving's BatchingParameters text proto: max_batch_size, batch_timeout_micros, max_enqueued_batches, "
+               "num_batch_threads, allowed_batch_sizes, pad_variable_length_inputs (implies --enable_batching)")
     _flag(p, "file_system_watch", type=_bool, default=True, metavar="BOOL",
           help="watch local model directories with inotify (default true); false leaves only polling")
     _flag(p, "log_level", default="info", choices=["debug", "info", "warning", "error"], help="default info")
@@ -133,6 +138,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"hotserve serve: --memory_budget: {exc}", file=sys.stderr)
         return 2
+    from hotserve.batching.parameters import BatchingConfigError, BatchingParameters, load_batching_parameters
+
+    batching = None
+    try:
+        if args.batching_parameters_file:
+            batching = load_batching_parameters(args.batching_parameters_file)
+        elif args.enable_batching:
+            batching = BatchingParameters()
+    except BatchingConfigError as exc:
+        print(f"hotserve serve: --batching_parameters_file: {exc}", file=sys.stderr)
+        return 2
     setup_logging(args.log_level, args.log_format)
     opts = ServeOptions(
         models=models,
@@ -149,6 +165,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             use_inotify=args.file_system_watch,
             memory_budget_bytes=budget,
             memory_policy=args.memory_budget_policy,
+            batching=batching,
         ),
         host=args.host,
         rest_api_port=args.rest_api_port,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from hotserve.batching.parameters import BatchingConfigError, BatchingParameters
 from hotserve.core.policy import All, Latest, Specific, VersionPolicy
 
 KNOWN_PLATFORMS = {"", "tensorflow", "onnx", "onnxruntime", "python"}
@@ -51,6 +52,8 @@ class ModelConfig:
     labels: dict[str, int] = field(default_factory=dict)
     platform: str = ""
     canary: CanaryConfig | None = None
+    # None: the server's --enable_batching setting; False: off for this model; parameters: its own.
+    batching: BatchingParameters | bool | None = None
 
 
 def _policy_from_proto(p) -> VersionPolicy:
@@ -99,7 +102,7 @@ def from_proto(server_config) -> list[ModelConfig]:
     return validate(_from_proto(server_config))
 
 
-_MODEL_KEYS = {"name", "base_path", "model_platform", "model_version_policy", "version_labels", "canary"}
+_MODEL_KEYS = {"name", "base_path", "model_platform", "model_version_policy", "version_labels", "canary", "batching"}
 
 
 def _policy_from_yaml(p, where: str) -> VersionPolicy:
@@ -157,6 +160,19 @@ def parse_yaml(text: str) -> list[ModelConfig]:
                 canary = CanaryConfig(**canary)
             except TypeError as exc:
                 raise ConfigError(f"{where}: canary: {exc}") from None
+        batching = m.get("batching")
+        if batching is not None:
+            if batching is False:
+                pass
+            elif batching is True:
+                batching = BatchingParameters()
+            elif isinstance(batching, dict):
+                try:
+                    batching = BatchingParameters.from_mapping(batching)
+                except BatchingConfigError as exc:
+                    raise ConfigError(f"{where}: batching: {exc}") from None
+            else:
+                raise ConfigError(f"{where}: batching must be true, false, or a mapping of batching parameters")
         try:
             labels = {str(k): int(v) for k, v in labels.items()}
         except (TypeError, ValueError):
@@ -168,6 +184,7 @@ def parse_yaml(text: str) -> list[ModelConfig]:
             labels=labels,
             platform=str(m.get("model_platform", "")),
             canary=canary,
+            batching=batching,
         ))
     return validate(out)
 

@@ -22,7 +22,10 @@ def predict(lv: LoadedVersion, inputs: Mapping[str, np.ndarray], signature_name:
     try:
         sig = get_signature(lv.servable, signature_name)
         check_inputs(sig, inputs)
-        out = lv.servable.predict(inputs, signature_name or "serving_default")
+        if lv.batcher is not None:
+            out = lv.batcher.run(lv, inputs, signature_name or "serving_default")
+        else:
+            out = lv.servable.predict(inputs, signature_name or "serving_default")
         ok = True
         return out
     except HotserveError:

@@ -33,8 +33,8 @@ class VersionStats:
 
 
 class LoadedVersion:
-    __slots__ = ("model", "version", "servable", "version_str", "stats", "memory_bytes", "_lock", "_refs",
-                 "_retired", "_drained")
+    __slots__ = ("model", "version", "servable", "version_str", "stats", "memory_bytes", "batcher", "_lock",
+                 "_refs", "_retired", "_drained")
 
     def __init__(self, model: str, version: int, servable: Servable) -> None:
         self.model = model
@@ -43,6 +43,7 @@ class LoadedVersion:
         self.servable = servable
         self.stats = VersionStats()
         self.memory_bytes = 0
+        self.batcher = None  # the model's Batcher when dynamic batching is on
         # Per-version lock: held for a counter update only, never by a load or a swap.
         self._lock = threading.Lock()
         self._refs = 0

@@ -16,6 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from hotserve.batching import Batcher, BatchingParameters
 from hotserve.core import canary
 from hotserve.core.config import CanaryConfig, ModelConfig
 from hotserve.core.gates import run_file_gates
@@ -53,6 +54,7 @@ class ManagerOptions:
     drain_timeout_seconds: float = 30.0
     memory_budget_bytes: int | None = None
     memory_policy: str = "wait"
+    batching: BatchingParameters | None = None  # --enable_batching for every model without its own setting
 
     def __post_init__(self) -> None:
         if self.memory_policy not in MEMORY_POLICIES:
@@ -114,11 +116,20 @@ class ModelManager:
                 self.canary_weight = state.canary_weight
             log.info("model %s: restored routing state (labels %s, pinned %s, rolled back %s)", self.name,
                      self.labels, self.pinned, sorted(self._rolled_back))
+        self.batcher = self._make_batcher(config)
         self._storage = storage_for(config.base_path)
         self.scanner = VersionScanner(self._storage, self.base_path, options.settle_seconds, self.name)
         self.watcher = RepositoryWatcher(
             self.scanner, self._on_scan, self._on_outage, options.poll_wait_seconds, options.use_inotify
         )
+
+    def _make_batcher(self, config: ModelConfig) -> Batcher | None:
+        params = self.options.batching if config.batching is None else config.batching
+        if not isinstance(params, BatchingParameters):
+            return None
+        log.info("model %s: dynamic batching on (max_batch_size %d, batch_timeout_micros %d, %d batch thread(s))",
+                 self.name, params.max_batch_size, params.batch_timeout_micros, params.num_batch_threads)
+        return Batcher(self.name, params)
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -139,6 +150,8 @@ class ModelManager:
                             self.name, lv.version, lv.in_flight)
             self._unload(lv)
         self._loaded.clear()
+        if self.batcher is not None:
+            self.batcher.stop()
         for v in list(self._statuses):
             metrics.forget_version(self.name, v)
 
@@ -229,14 +242,22 @@ class ModelManager:
 
     def update_config(self, config: ModelConfig) -> None:
         """A reloaded config for this model (same base path): new policy, labels, canary."""
+        old_batcher = None
         with self._cv:
             labels_changed = config.labels != self.config.labels
+            if config.batching != self.config.batching:
+                # New requests bind to versions that use the new batcher; old batches finish.
+                old_batcher, self.batcher = self.batcher, self._make_batcher(config)
+                for lv in self._loaded.values():
+                    lv.batcher = self.batcher
             self.config, self.policy, self.canary_cfg = config, config.policy, config.canary
             if labels_changed:
                 self.labels = dict(config.labels)
             if config.canary is not None:
                 self.canary_weight = config.canary.weight
             self._persist()
+        if old_batcher is not None:
+            threading.Thread(target=old_batcher.stop, daemon=True).start()
         self._trigger()
 
     def set_labels(self, changes: dict[str, int | None], timeout: float = 60.0) -> dict:
@@ -623,6 +644,7 @@ class ModelManager:
                  extra=_ev("load_done", self.name, info.version))
         lv = LoadedVersion(self.name, info.version, servable)
         lv.memory_bytes = measured
+        lv.batcher = self.batcher
         return lv
 
     def _load_blocking(self, info: VersionInfo) -> tuple[Servable, int]:

@@ -177,6 +177,12 @@ VERSION_STATE = REGISTRY.add(Gauge("hotserve_version_state", "1 for the state ea
 VERSION_MEMORY = REGISTRY.add(Gauge("hotserve_version_memory_bytes",
                                     "Memory of a loaded version: RSS growth at load (measured) or file size (estimate).",
                                     ("model", "version", "kind")))
+BATCH_SIZE = REGISTRY.add(Histogram(
+    ":tensorflow:serving:batching_session:input_batch_size", "Rows per batch run by the dynamic batcher.",
+    ("model",), (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)))
+BATCH_QUEUE_SECONDS = REGISTRY.add(Histogram(
+    "hotserve_batch_queue_seconds", "Time from a batch's first request to its run.",
+    ("model",), (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5)))
 CONFIG_RELOADS = REGISTRY.add(Counter("hotserve_config_reloads_total", "Model config reloads by outcome.", ("outcome",)))
 STORAGE_OUTAGES = REGISTRY.add(Counter("hotserve_storage_outages_total",
                                        "Times a model's base path became unreadable (served versions kept).", ("model",)))

@@ -82,6 +82,12 @@ class _Uvicorn:
 
 async def serve(opts: ServeOptions, on_listening=None) -> None:
     threads = opts.rest_api_num_threads or 4 * (os.cpu_count() or 1)
+    batch_sizes = [m.batching.max_batch_size for m in opts.models if hasattr(m.batching, "max_batch_size")]
+    if opts.manager.batching is not None:
+        batch_sizes.append(opts.manager.batching.max_batch_size)
+    if batch_sizes and not opts.rest_api_num_threads:
+        # A request waits for its batch in a worker thread: enough threads to fill two batches.
+        threads = max(threads, min(1024, 2 * max(batch_sizes)))
     executor = ThreadPoolExecutor(threads, thread_name_prefix="rest")
     manager = Manager(opts.models, opts.manager)
     sock = bind_socket(opts.host, opts.rest_api_port)
