@@ -30,7 +30,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 30.0) -> "ServerProcess":
         cmd = [sys.executable, "-m", "hotserve", *(["serve"] if self.subcommand else []), "--host", "127.0.0.1", "--rest_api_port", str(self.port), "--port", "0", *self.args]
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "wb")  # a fresh log: an old "listening" line must not match
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env or os.environ.copy())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -55,6 +55,9 @@ class ManagerOptions:
     memory_budget_bytes: int | None = None
     memory_policy: str = "wait"
     batching: BatchingParameters | None = None  # --enable_batching for every model without its own setting
+    # With --num_workers, only worker 0 runs canary analysis; the others follow its decisions
+    # through the routing state file.
+    canary_analysis: bool = True
 
     def __post_init__(self) -> None:
         if self.memory_policy not in MEMORY_POLICIES:
@@ -111,17 +114,38 @@ class ModelManager:
         self._default_history: list[int] = []
         state = routing_state.load(self.base_path)
         if state is not None:
-            self.labels, self.pinned, self._rolled_back = dict(state.labels), state.pinned, dict(state.rolled_back)
-            if state.canary_weight is not None:
-                self.canary_weight = state.canary_weight
+            self._adopt(state)
             log.info("model %s: restored routing state (labels %s, pinned %s, rolled back %s)", self.name,
                      self.labels, self.pinned, sorted(self._rolled_back))
         self.batcher = self._make_batcher(config)
         self._storage = storage_for(config.base_path)
         self.scanner = VersionScanner(self._storage, self.base_path, options.settle_seconds, self.name)
         self.watcher = RepositoryWatcher(
-            self.scanner, self._on_scan, self._on_outage, options.poll_wait_seconds, options.use_inotify
+            self.scanner, self._on_scan, self._on_outage, options.poll_wait_seconds, options.use_inotify,
+            on_routing_change=self._on_routing_change,
         )
+
+    def _adopt(self, state: routing_state.RoutingState) -> None:
+        self.labels, self.pinned, self._rolled_back = dict(state.labels), state.pinned, dict(state.rolled_back)
+        if state.canary_weight is not None:
+            self.canary_weight = state.canary_weight
+        self._unloaded = state.unloaded
+
+    def _on_routing_change(self) -> None:
+        """Another process (a sibling worker) changed the routing state file: follow it."""
+        with self._cv:
+            # Read under the lock our own writes hold, so a stale read cannot undo a newer change.
+            state = routing_state.load(self.base_path)
+            if state is None:
+                return
+            mine = (self.labels, self.pinned, self._rolled_back, self._unloaded)
+            if (state.labels, state.pinned, state.rolled_back, state.unloaded) == mine and (
+                    state.canary_weight is None or state.canary_weight == self.canary_weight):
+                return  # our own write
+            self._adopt(state)
+        log.info("model %s: routing changed by another worker: labels %s, pinned %s", self.name, self.labels,
+                 self.pinned, extra=_ev("routing_reload", self.name))
+        self._trigger()
 
     def _make_batcher(self, config: ModelConfig) -> Batcher | None:
         params = self.options.batching if config.batching is None else config.batching
@@ -238,7 +262,8 @@ class ModelManager:
     def _persist(self) -> None:
         routing_state.save(self.base_path, routing_state.RoutingState(
             dict(self.labels), self.pinned, dict(self._rolled_back),
-            self.canary_weight if self.canary_cfg is None or self.canary_weight != self.canary_cfg.weight else None))
+            self.canary_weight if self.canary_cfg is None or self.canary_weight != self.canary_cfg.weight else None,
+            self._unloaded))
 
     def update_config(self, config: ModelConfig) -> None:
         """A reloaded config for this model (same base path): new policy, labels, canary."""
@@ -368,6 +393,7 @@ class ModelManager:
             raise Unavailable(f"model {self.name!r} could not be loaded: {exc}") from None
         with self._cv:
             self._unloaded = False
+            self._persist()
             seen = self._reconciles
             self._pending = scan
             self._cv.notify()
@@ -386,6 +412,7 @@ class ModelManager:
         draining = list(self._loaded.values())
         with self._cv:
             self._unloaded = True
+            self._persist()
         self._wait_reconciled(self._trigger(), timeout)
         for lv in draining:
             lv.wait_drained(timeout)
@@ -521,6 +548,8 @@ class ModelManager:
 
     # -- canary analysis (called by the Manager's analysis thread) --------------------------
     def canary_tick(self, now: float) -> None:
+        if not self.options.canary_analysis:
+            return
         t = self.route.table
         cfg = self.canary_cfg
         if t.canary is None or t.default is None or cfg is None or self._canary_since is None or self._canary_held:

@@ -22,6 +22,15 @@ def rss_bytes() -> int:
         return 0
 
 
+def rss_of(pid: int) -> int:
+    """Resident set size of another process (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def parse_size(text: str) -> int:
     """'2GiB', '500MB', '1.5G', '123456' -> bytes."""
     t = text.strip().upper().replace(" ", "")

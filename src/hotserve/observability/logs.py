@@ -8,7 +8,7 @@ import time
 
 import orjson
 
-_EXTRA_FIELDS = ("event", "model", "version")
+_EXTRA_FIELDS = ("event", "model", "version", "worker")
 
 
 class JsonFormatter(logging.Formatter):
@@ -27,12 +27,15 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc).decode()
 
 
-def setup_logging(level: str = "info", fmt: str = "text") -> None:
+def setup_logging(level: str = "info", fmt: str = "text", worker: int | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    tag = f" [worker {worker}]" if worker is not None else ""
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
+        if worker is not None:
+            handler.addFilter(lambda record: setattr(record, "worker", worker) or True)
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s" + tag + " %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

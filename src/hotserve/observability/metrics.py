@@ -188,6 +188,18 @@ STORAGE_OUTAGES = REGISTRY.add(Counter("hotserve_storage_outages_total",
                                        "Times a model's base path became unreadable (served versions kept).", ("model",)))
 
 
+PROCESS_RSS = REGISTRY.add(Gauge("hotserve_process_resident_memory_bytes",
+                                 "RSS of the serving process that answered this scrape (one per worker).", ("worker",)))
+WORKER = "0"  # this process's worker id (--num_workers)
+
+
+def render() -> bytes:
+    from hotserve.core.memory import rss_bytes
+
+    PROCESS_RSS.set((WORKER,), rss_bytes())
+    return REGISTRY.render()
+
+
 def record_request(model: str, version: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
     REQUEST_COUNT.inc((model, version, api, entrypoint, status))
     REQUEST_LATENCY.observe((model, version, api, entrypoint), seconds * 1e6)

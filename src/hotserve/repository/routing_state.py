@@ -25,6 +25,7 @@ class RoutingState:
     # version -> fingerprint it had when rolled back; a changed directory may serve again
     rolled_back: dict[int, tuple] = field(default_factory=dict)
     canary_weight: float | None = None
+    unloaded: bool = False  # an operator unloaded the model (Triton repository API)
 
 
 def _fp_to_json(fp: tuple) -> list:
@@ -45,6 +46,7 @@ def load(base_path: str) -> RoutingState | None:
             pinned=doc.get("pinned"),
             rolled_back={int(k): _fp_from_json(v) for k, v in doc.get("rolled_back", {}).items()},
             canary_weight=doc.get("canary_weight"),
+            unloaded=bool(doc.get("unloaded", False)),
         )
     except FileNotFoundError:
         return None
@@ -59,6 +61,7 @@ def save(base_path: str, state: RoutingState) -> None:
         "pinned": state.pinned,
         "rolled_back": {str(v): _fp_to_json(fp) for v, fp in state.rolled_back.items()},
         "canary_weight": state.canary_weight,
+        "unloaded": state.unloaded,
     }
     try:
         fd, tmp = tempfile.mkstemp(prefix=".hotserve_routing.", dir=base_path)
@@ -70,3 +73,12 @@ def save(base_path: str, state: RoutingState) -> None:
     except OSError as exc:
         # A read-only repository still serves; the decision just will not survive a restart.
         log.warning("cannot persist routing state in %s (%s); it will not survive a restart", base_path, exc)
+
+
+def stamp(base_path: str) -> tuple[int, int] | None:
+    """(mtime_ns, size) of the state file, to notice when another process changed it."""
+    try:
+        st = os.stat(os.path.join(base_path, STATE_FILE))
+        return st.st_mtime_ns, st.st_size
+    except OSError:
+        return None

@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Callable
 
+from hotserve.repository import routing_state
 from hotserve.repository.scanner import ScanResult, VersionScanner
 from hotserve.repository.storage import StorageUnavailable
 
@@ -29,6 +30,7 @@ class RepositoryWatcher:
         on_outage: Callable[[str], None],
         poll_wait_seconds: float = 1.0,
         use_inotify: bool = True,
+        on_routing_change: Callable[[], None] | None = None,
     ) -> None:
         self.scanner = scanner
         self.on_scan = on_scan
@@ -43,6 +45,8 @@ class RepositoryWatcher:
         self._last_key: tuple | None = None
         self._in_outage = False
         self._scan_lock = threading.Lock()
+        self.on_routing_change = on_routing_change
+        self._routing_stamp = routing_state.stamp(scanner.base_path)
 
     def start(self) -> None:
         self._thread.start()
@@ -120,6 +124,11 @@ class RepositoryWatcher:
                     self.on_scan(result)
                 if result.next_check_in is not None:
                     wait = min(wait, result.next_check_in + 0.005)
+                stamp = routing_state.stamp(self.scanner.base_path)
+                if stamp != self._routing_stamp:
+                    self._routing_stamp = stamp
+                    if self.on_routing_change is not None:
+                        self.on_routing_change()
             if self._wake.wait(wait):
                 time.sleep(_DEBOUNCE_SECONDS)
                 self._wake.clear()

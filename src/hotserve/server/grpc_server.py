@@ -121,7 +121,8 @@ class _Health:
 
 class GrpcServer:
     def __init__(self, manager: Manager, executor: ThreadPoolExecutor, host: str, port: int,
-                 auth: AdminAuth | None = None, reload_timeout_seconds: float = 60.0) -> None:
+                 auth: AdminAuth | None = None, reload_timeout_seconds: float = 60.0, reuse_port: bool = False) -> None:
+        self.reuse_port = reuse_port
         self.manager = manager
         self.executor = executor
         self.host = host
@@ -135,7 +136,7 @@ class GrpcServer:
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if self.reuse_port else 0),
             ]
         )
         self.server.add_generic_rpc_handlers(

@@ -88,7 +88,7 @@ class RestApp:
         if path.startswith(_V1):
             return await self._v1(path[len(_V1):], method, scope, receive)
         if path in _METRICS_PATHS:
-            return Reply(200, metrics.REGISTRY.render(), headers=[(b"content-type", b"text/plain; version=0.0.4")])
+            return Reply(200, metrics.render(), headers=[(b"content-type", b"text/plain; version=0.0.4")])
         if path.startswith("/v1/admin/"):
             return await self.admin.dispatch(path[len("/v1/admin/"):], method, scope, receive)
         if path in ("/healthz", "/v2/health/live"):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from hotserve.core.config import ModelConfig
 from hotserve.core.config_watcher import ConfigFileWatcher
 from hotserve.core.manager import Manager, ManagerOptions
+from hotserve.observability import metrics
 from hotserve.server.admin import AdminRoutes
 from hotserve.server.auth import AdminAuth
 from hotserve.server.rest import RestApp
@@ -30,16 +31,21 @@ class ServeOptions:
     grpc_port: int = 8500
     rest_api_num_threads: int = 0  # 0: 4 x cores, like TF Serving
     rest_api_timeout_seconds: float = 30.0
+    reuse_port: bool = False
+    worker_id: int | None = None  # set in --num_workers mode
     config_file: str | None = None
     config_poll_seconds: float = 0.0
     admin_token: str | None = None
     reload_timeout_seconds: float = 60.0
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
+def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        # Several worker processes listen on one port; the kernel spreads connections.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -90,27 +96,38 @@ async def serve(opts: ServeOptions, on_listening=None) -> None:
         threads = max(threads, min(1024, 2 * max(batch_sizes)))
     executor = ThreadPoolExecutor(threads, thread_name_prefix="rest")
     manager = Manager(opts.models, opts.manager)
-    sock = bind_socket(opts.host, opts.rest_api_port)
+    loop = asyncio.get_running_loop()
+    if opts.worker_id is not None:
+        # A worker joins the shared port only once it can answer, so the kernel never routes a
+        # connection to a worker still loading its models.
+        manager.start()
+        deadline = loop.time() + 300
+        while not manager.ready() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if not manager.ready():
+            log.warning("worker %d: models not ready after 300s; joining the port anyway", opts.worker_id)
+    sock = bind_socket(opts.host, opts.rest_api_port, opts.reuse_port)
     host, port = sock.getsockname()[:2]
     watcher = ConfigFileWatcher(opts.config_file, manager, opts.config_poll_seconds,
                                 opts.reload_timeout_seconds) if opts.config_file else None
     app = RestApp(manager, executor, opts.rest_api_timeout_seconds)
     app.admin = AdminRoutes(manager, app, opts.admin_token, watcher.reload_now if watcher else None)
+    metrics.WORKER = str(opts.worker_id or 0)
     rest = _Uvicorn(app, sock)
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, rest.stop)
     from hotserve.server.grpc_server import GrpcServer
 
     grpc_server = GrpcServer(manager, executor, opts.host, opts.grpc_port, AdminAuth(opts.admin_token),
-                             opts.reload_timeout_seconds)
+                             opts.reload_timeout_seconds, reuse_port=opts.reuse_port)
     try:
         grpc_port = await grpc_server.start()
     except BaseException:
         sock.close()
         raise
-    manager.start()
+    if opts.worker_id is None:
+        manager.start()
     if watcher is not None:
         watcher.start()
     if not opts.admin_token:
