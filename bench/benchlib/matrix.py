@@ -79,9 +79,10 @@ def run_matrix(servers: list[Server], opts, model_path: str, workdir: str, log) 
 
 def add_ratios(cells: list[dict]) -> None:
     """hotserve req/s over each peer's req/s for the same batch and concurrency."""
-    by_key = {(c["server"], c["batch"], c["concurrency"]): c for c in cells if c["server"] != "hotserve" and "rps" in c}
+    by_key = {(c["server"], c["batch"], c["concurrency"]): c for c in cells
+              if not c["server"].startswith("hotserve") and "rps" in c}
     for c in cells:
-        if c["server"] != "hotserve" or "rps" not in c:
+        if not c["server"].startswith("hotserve") or "rps" not in c:
             continue
         for peer in ("fastapi", "mlserver"):
             p = by_key.get((peer, c["batch"], c["concurrency"]))

@@ -6,7 +6,7 @@ import json
 import math
 import os
 
-SERVER_LABEL = {"hotserve": "hotserve", "fastapi": "FastAPI", "mlserver": "MLServer"}
+SERVER_LABEL = {"hotserve": "hotserve", "hotserve-2w": "hotserve tuned", "fastapi": "FastAPI", "mlserver": "MLServer"}
 
 MATRIX_COLUMNS = [
     # header, key, format, align

@@ -66,20 +66,22 @@ def _tail(path: str, n: int = 3000) -> str:
         return ""
 
 
-def start_hotserve(base_path: str, workdir: str, apis: list[str], extra_args: list[str] | None = None) -> Server:
+def start_hotserve(base_path: str, workdir: str, apis: list[str], extra_args: list[str] | None = None,
+                   name: str = "hotserve") -> Server:
     """`python -m hotserve serve` through hotserve.launcher.ServerProcess (the real command line)."""
     from hotserve.launcher import ServerProcess
 
+    os.makedirs(workdir, exist_ok=True)
     log_path = os.path.join(workdir, "hotserve.log")
     sp = ServerProcess(["--model_name", MODEL, "--model_base_path", base_path, *(extra_args or [])], log_path)
     sp.start(timeout=60)
-    owned = procs.Owned(sp.proc, "hotserve", own_group=False, stop_fn=sp.stop)
+    owned = procs.Owned(sp.proc, name, own_group=False, stop_fn=sp.stop)
     try:
         sp.wait_ready(timeout=60)
     except BaseException:
         owned.stop()
         raise
-    return Server("hotserve", sp.url, sp.grpc_target, owned, log_path, apis)
+    return Server(name, sp.url, sp.grpc_target, owned, log_path, apis)
 
 
 def start_fastapi(model_path: str, workdir: str, workers: int = 2) -> Server:

@@ -102,6 +102,12 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "batching_parameters_file", default=None, metavar="PATH",
           help="TF Serving's BatchingParameters text proto: max_batch_size, batch_timeout_micros, max_enqueued_batches, "
                "num_batch_threads, allowed_batch_sizes, pad_variable_length_inputs (implies --enable_batching)")
+    _flag(p, "inference_threading", default="pool", choices=["pool", "auto"],
+          help="pool (default): every inference runs in the worker pool, never on the event loop. auto: a small request "
+               "(<= 16 KiB) to a model whose recent median inference is under --inline_inference_max_us runs on the "
+               "event loop, saving the thread hop (bench/: ~1.6x requests/s for sub-millisecond models)")
+    _flag(p, "inline_inference_max_us", type=_non_negative(float), default=300.0, metavar="US",
+          help="with --inference_threading=auto, the median inference time under which a model runs inline (default 300)")
     _flag(p, "file_system_watch", type=_bool, default=True, metavar="BOOL",
           help="watch local model directories with inotify (default true); false leaves only polling")
     _flag(p, "log_level", default="info", choices=["debug", "info", "warning", "error"], help="default info")
@@ -185,6 +191,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             memory_policy=args.memory_budget_policy,
             batching=batching,
             canary_analysis=args.worker_id in (None, 0),
+            inline_max_us=args.inline_inference_max_us if args.inference_threading == "auto" else 0.0,
         ),
         host=args.host,
         rest_api_port=args.rest_api_port,

@@ -58,6 +58,9 @@ class ManagerOptions:
     # With --num_workers, only worker 0 runs canary analysis; the others follow its decisions
     # through the routing state file.
     canary_analysis: bool = True
+    # --inference_threading=auto: a model whose recent median inference is under this many
+    # microseconds may run small requests on the event loop (0: never).
+    inline_max_us: float = 0.0
 
     def __post_init__(self) -> None:
         if self.memory_policy not in MEMORY_POLICIES:
@@ -86,6 +89,9 @@ class ModelManager:
         self.options = options
         self.route = Route(self.name)
         self.outage: str | None = None
+        # True while the default version's recent median inference is cheap enough to run on
+        # the event loop (--inference_threading=auto); read by front ends without a lock.
+        self.inline_ok = False
         self._load_pool = load_pool
         self._unload_pool = unload_pool
         self._budget = budget
@@ -208,6 +214,7 @@ class ModelManager:
             "pinned": self.pinned,
             "canary": {"version": t.canary.version, "weight": t.canary_weight} if t.canary else None,
             "rolled_back": sorted(self._rolled_back),
+            "inference_threading": "event loop (small requests)" if self.inline_ok else "worker pool",
         }
 
     # -- repository events ------------------------------------------------------------------
@@ -546,7 +553,25 @@ class ModelManager:
                  {k: v.version for k, v in new.labels.items()},
                  extra=_ev("swap", self.name, new.default.version if new.default else None))
 
-    # -- canary analysis (called by the Manager's analysis thread) --------------------------
+    # -- periodic analysis (called by the Manager's analysis thread) ------------------------
+    _INLINE_SAMPLES = 50
+
+    def update_inline_ok(self) -> None:
+        """A version runs requests on the event loop only once 50 of its recent inferences show a
+        median under the threshold; anything slower, or a version without enough samples, hops."""
+        limit = self.options.inline_max_us
+        lv = self.route.table.default
+        if limit <= 0 or lv is None or self.route.table.canary is not None:
+            self.inline_ok = False
+            return
+        recent = list(lv.stats.events)[-200:]
+        if len(recent) < self._INLINE_SAMPLES:
+            self.inline_ok = False
+            return
+        times = sorted(e[2] for e in recent)
+        self.inline_ok = times[len(times) // 2] * 1e6 < limit
+
+
     def canary_tick(self, now: float) -> None:
         if not self.options.canary_analysis:
             return
@@ -790,8 +815,9 @@ class Manager:
             for mm in list(self.models.values()):
                 try:
                     mm.canary_tick(now)
+                    mm.update_inline_ok()
                 except Exception:
-                    log.exception("model %s: canary analysis failed", mm.name)
+                    log.exception("model %s: periodic analysis failed", mm.name)
 
     def apply_config(self, configs: list[ModelConfig], timeout: float | None = None) -> dict[str, str]:
         """Make the served models match `configs`: add, update, and remove (after draining).

@@ -18,6 +18,8 @@ from hotserve.repository.storage import StorageUnavailable
 
 log = logging.getLogger("hotserve.repository")
 
+_READ_ONLY_EVENTS = frozenset({"opened", "closed_no_write", "accessed"})
+
 # Writes arrive as bursts of events; waiting this long after the first one coalesces a burst.
 _DEBOUNCE_SECONDS = 0.02
 
@@ -82,7 +84,10 @@ class RepositoryWatcher:
 
             class _Handler(FileSystemEventHandler):
                 def on_any_event(self, event) -> None:  # noqa: ANN001 - watchdog's type
-                    wake.set()
+                    # Reads (our own scans open manifests) change nothing; waking on them would
+                    # make every scan trigger the next one.
+                    if event.event_type not in _READ_ONLY_EVENTS:
+                        wake.set()
 
             observer = Observer()
             observer.schedule(_Handler(), self.scanner.base_path, recursive=True)

@@ -19,6 +19,7 @@ from hotserve.core.manager import Manager
 from hotserve.errors import HotserveError
 from hotserve.observability import metrics
 from hotserve.server.auth import AdminAuth
+from hotserve.server.rest import INLINE_MAX_BYTES
 from hotserve.server import grpc_tfserving, grpc_v2
 
 log = logging.getLogger("hotserve.grpc")
@@ -44,17 +45,22 @@ def _version_of(response) -> str:
     return getattr(response, "model_version", "")
 
 
-def unary(fn: Callable, req_cls, resp_cls, executor: ThreadPoolExecutor, api: str | None = None) -> grpc.RpcMethodHandler:
+def unary(fn: Callable, req_cls, resp_cls, executor: ThreadPoolExecutor, api: str | None = None,
+          manager: Manager | None = None) -> grpc.RpcMethodHandler:
     """A unary handler running fn(request, metadata) in the worker pool, mapping HotserveError to
-    its status; with `api`, each call is counted in the request metrics."""
+    its status; with `api`, each call is counted in the request metrics. With `manager`, a small
+    request to a model --inference_threading=auto found cheap runs on the loop instead."""
 
     async def handler(request, context: grpc.aio.ServicerContext):
-        loop = asyncio.get_running_loop()
         meta = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         t0 = time.perf_counter()
         code, version = "OK", ""
         try:
-            response = await loop.run_in_executor(executor, fn, request, meta)
+            mm = manager.models.get(_model_of(request)) if manager is not None else None
+            if mm is not None and mm.inline_ok and request.ByteSize() <= INLINE_MAX_BYTES:
+                response = fn(request, meta)
+            else:
+                response = await asyncio.get_running_loop().run_in_executor(executor, fn, request, meta)
             version = _version_of(response) if api else ""
             return response
         except HotserveError as exc:

@@ -146,7 +146,8 @@ def handlers(manager: Manager, executor: ThreadPoolExecutor, auth: AdminAuth,
     ps, ms = PredictionService(manager), ModelService(manager, auth, reload_timeout_seconds)
     return [
         grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {
-            "Predict": unary(ps.Predict, predict_pb2.PredictRequest, predict_pb2.PredictResponse, executor, "predict"),
+            "Predict": unary(ps.Predict, predict_pb2.PredictRequest, predict_pb2.PredictResponse, executor, "predict",
+                             manager),
             "GetModelMetadata": unary(ps.GetModelMetadata, get_model_metadata_pb2.GetModelMetadataRequest,
                                       get_model_metadata_pb2.GetModelMetadataResponse, executor),
             "Classify": unary(ps.Classify, classification_pb2.ClassificationRequest,

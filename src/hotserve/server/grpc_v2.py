@@ -95,6 +95,7 @@ def handlers(manager: Manager, executor: ThreadPoolExecutor, auth: AdminAuth) ->
     methods = {}
     for name in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
                  "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"):
+        infer = name == "ModelInfer"
         methods[name] = unary(getattr(svc, name), getattr(pb, f"{name}Request"), getattr(pb, f"{name}Response"), executor,
-                              "infer" if name == "ModelInfer" else None)
+                              "infer" if infer else None, manager if infer else None)
     return [grpc.method_handlers_generic_handler("inference.GRPCInferenceService", methods)]

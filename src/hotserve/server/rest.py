@@ -28,6 +28,8 @@ log = logging.getLogger("hotserve.rest")
 _JSON = (b"content-type", b"application/json")
 _VERSION_HEADER = b"x-model-version"
 _V1 = "/v1/models/"
+# Requests larger than this always go to the worker pool, even for a cheap model.
+INLINE_MAX_BYTES = 16 * 1024
 # TF Serving's Prometheus path, and the usual one.
 _METRICS_PATHS = ("/monitoring/prometheus/metrics", "/metrics")
 
@@ -132,8 +134,10 @@ class RestApp:
             body = await read_body(receive)
             key = request_key(scope)
             if verb == "predict":
-                return await self.run(self.observed, "predict", name, self._predict, name, version, label, key, body)
-            return await self.run(self.observed, verb, name, self._examples, verb, name, version, label, key, body)
+                return await self.infer(name, len(body), self.observed, "predict", name, self._predict, name, version,
+                                        label, key, body)
+            return await self.infer(name, len(body), self.observed, verb, name, self._examples, verb, name, version,
+                                    label, key, body)
         if method != "GET":
             raise MethodNotAllowed(f"{method} is not allowed here; model status and metadata take GET")
         if tail == ["metadata"]:
@@ -147,6 +151,14 @@ class RestApp:
                 raise NotFound(f"label {label!r} of model {name!r} is not assigned to an available version")
             version = lv.version
         return Reply(200, tfs.dumps(tfs.status_doc(mm.statuses(version))))
+
+    async def infer(self, model: str, size: int, fn, *args) -> Reply:
+        """Run a model request: on the event loop when --inference_threading=auto found the model
+        cheap and the request is small (no thread hop), else in the worker pool."""
+        mm = self.manager.models.get(model)
+        if mm is not None and mm.inline_ok and size <= INLINE_MAX_BYTES:
+            return fn(*args)
+        return await self.run(fn, *args)
 
     async def run(self, fn, *args, bounded: bool = True) -> Reply:
         """Run fn in the worker pool; with bounded, answer 504 after --rest_api_timeout_in_ms.

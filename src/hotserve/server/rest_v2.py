@@ -80,7 +80,8 @@ class V2Routes:
                 hdr = _header(scope, b"inference-header-content-length")
                 enc = _header(scope, b"content-encoding")
                 key = request_key(scope)
-                return await self.app.run(self.app.observed, "infer", name, self._infer, name, version, key, body, hdr, enc)
+                return await self.app.infer(name, len(body), self.app.observed, "infer", name, self._infer, name, version,
+                                            key, body, hdr, enc)
             self._method(method, "GET")
             if rest == ["ready"]:
                 return self._model_ready(name, version)
