@@ -58,6 +58,7 @@ class VersionScanner:
         self.model = model
         self._seen_since: dict[int, tuple[Fingerprint, float]] = {}
         self._ignored_names: set[str] = set()
+        self._manifests: dict[str, tuple[tuple, dict]] = {}
 
     def scan(self, now: float | None = None) -> ScanResult:
         """Raises StorageUnavailable when the base path itself cannot be listed."""
@@ -76,7 +77,21 @@ class VersionScanner:
             self._classify(version, os.path.join(self.base_path, name), now, result)
         for gone in set(self._seen_since) - present:
             del self._seen_since[gone]
+        live = {os.path.join(self.base_path, str(v)) for v in present}
+        for gone in set(self._manifests) - live:
+            del self._manifests[gone]
         return result
+
+    def _manifest(self, path: str, mstat: FileStat) -> dict:
+        """The parsed manifest, re-read only when its size or mtime changed: a scan runs every
+        poll interval and must stay cheap for repositories with many versions."""
+        key = (path, mstat.size, mstat.mtime_ns)
+        cached = self._manifests.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        doc = manifest.parse_manifest(self.storage.read_bytes(os.path.join(path, manifest.MANIFEST_NAME)), path)
+        self._manifests[path] = (key, doc)
+        return doc
 
     def _classify(self, version: int, path: str, now: float, result: ScanResult) -> None:
         try:
@@ -88,10 +103,10 @@ class VersionScanner:
         if not files:
             result.pending[version] = "empty directory"
             return
-        if any(f.relpath == manifest.MANIFEST_NAME for f in files):
+        mstat = next((f for f in files if f.relpath == manifest.MANIFEST_NAME), None)
+        if mstat is not None:
             try:
-                raw = self.storage.read_bytes(os.path.join(path, manifest.MANIFEST_NAME))
-                if manifest.sizes_match(manifest.parse_manifest(raw, path), files):
+                if manifest.sizes_match(self._manifest(path, mstat), files):
                     result.complete[version] = VersionInfo(version, path, fp, published=True)
                     return
             except Exception:  # a manifest mid-write or corrupt: fall through to the settle rule
