@@ -82,10 +82,6 @@ class PermissionDenied(HotserveError):
     code = Code.PERMISSION_DENIED
 
 
-class Unimplemented(HotserveError):
-    code = Code.UNIMPLEMENTED
-
-
 class MethodNotAllowed(HotserveError):
     code = Code.INVALID_ARGUMENT
 

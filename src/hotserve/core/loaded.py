@@ -33,8 +33,8 @@ class VersionStats:
 
 
 class LoadedVersion:
-    __slots__ = ("model", "version", "servable", "version_str", "stats", "memory_bytes", "batcher", "_lock",
-                 "_refs", "_retired", "_drained")
+    __slots__ = ("model", "version", "servable", "version_str", "stats", "batcher", "_lock", "_refs",
+                 "_retired", "_drained")
 
     def __init__(self, model: str, version: int, servable: Servable) -> None:
         self.model = model
@@ -42,7 +42,6 @@ class LoadedVersion:
         self.version_str = str(version)
         self.servable = servable
         self.stats = VersionStats()
-        self.memory_bytes = 0
         self.batcher = None  # the model's Batcher when dynamic batching is on
         # Per-version lock: held for a counter update only, never by a load or a swap.
         self._lock = threading.Lock()

@@ -21,7 +21,7 @@ from hotserve.core import canary
 from hotserve.core.config import CanaryConfig, ModelConfig
 from hotserve.core.gates import run_file_gates
 from hotserve.core.loaded import LoadedVersion
-from hotserve.core.memory import MemoryBudget, rss_bytes
+from hotserve.core.memory import MemoryBudget, rss_of
 from hotserve.core.router import Route, RouteTable
 from hotserve.core.states import VersionState, VersionStatus
 from hotserve.core.validation import validate, warm_up
@@ -40,6 +40,8 @@ log = logging.getLogger("hotserve.manager")
 # so operators can still read why a version failed.
 _ENDED_HISTORY = 10
 MEMORY_POLICIES = ("wait", "unload_first", "refuse")
+# Requests larger than this always go to the worker pool, even for a cheap model.
+INLINE_MAX_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -194,9 +196,22 @@ class ModelManager:
                 return [self._statuses[version]]
             return [self._statuses[v] for v in sorted(self._statuses, reverse=True)]
 
-    def is_ready(self, version: int | None = None) -> bool:
+    def is_ready(self, version: int | None = None, label: str | None = None) -> bool:
         table = self.route.table
+        if label is not None:
+            return label in table.labels
         return table.default is not None if version is None else version in table.versions
+
+    def label_version(self, label: str) -> int:
+        """The version a label routes to now; NotFound if it routes nowhere."""
+        lv = self.route.table.labels.get(label)
+        if lv is None:
+            raise NotFound(f"label {label!r} of model {self.name!r} is not assigned to an available version")
+        return lv.version
+
+    def runs_inline(self, request_bytes: int) -> bool:
+        """Whether a request this large may run on the event loop (--inference_threading=auto)."""
+        return self.inline_ok and request_bytes <= INLINE_MAX_BYTES
 
     @property
     def explicitly_unloaded(self) -> bool:
@@ -685,7 +700,6 @@ class ModelManager:
             self._fail(st, info, code, message, "failed")
             return None
         st.load_seconds = time.perf_counter() - t0
-        st.memory_bytes = measured
         # RSS growth can undercount (pages shared or not yet touched): count at least the files.
         self._budget.commit((self.name, info.version), max(measured, info.size_bytes))
         metrics.LOADS.inc((self.name, "ok"))
@@ -697,12 +711,11 @@ class ModelManager:
                  info.version, st.load_seconds, measured / 2**20, info.size_bytes / 2**20,
                  extra=_ev("load_done", self.name, info.version))
         lv = LoadedVersion(self.name, info.version, servable)
-        lv.memory_bytes = measured
         lv.batcher = self.batcher
         return lv
 
     def _load_blocking(self, info: VersionInfo) -> tuple[Servable, int]:
-        rss0 = rss_bytes()
+        rss0 = rss_of()
         if info.published:
             manifest.verify(info.path)
         servable = load_servable(self._storage.local_dir(info.path), self.options.runtime)
@@ -722,7 +735,7 @@ class ModelManager:
         except BaseException:
             servable.unload()
             raise
-        return servable, max(0, rss_bytes() - rss0)
+        return servable, max(0, rss_of() - rss0)
 
     # -- retiring ---------------------------------------------------------------------------
     def _retire(self, lv: LoadedVersion, wait: bool = False) -> None:

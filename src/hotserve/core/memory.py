@@ -13,17 +13,9 @@ import threading
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-def rss_bytes() -> int:
-    """Resident set size of this process (Linux /proc; 0 where unavailable)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def rss_of(pid: int) -> int:
-    """Resident set size of another process (0 if it is gone)."""
+def rss_of(pid: int | str = "self") -> int:
+    """Resident set size of a process, this one by default (Linux /proc; 0 where unavailable
+    or when the process is gone)."""
     try:
         with open(f"/proc/{pid}/statm") as f:
             return int(f.read().split()[1]) * _PAGE
@@ -61,9 +53,6 @@ class MemoryBudget:
     def used(self) -> int:
         with self._cv:
             return sum(self._used.values())
-
-    def fits(self, estimate: int) -> bool:
-        return self.budget is None or self.used() + estimate <= self.budget
 
     def try_reserve(self, key: tuple[str, int], estimate: int) -> bool:
         with self._cv:

@@ -27,7 +27,6 @@ class VersionStatus:
     since: float = field(default_factory=time.time)
     load_seconds: float | None = None
     size_bytes: int = 0
-    memory_bytes: int = 0
 
     def set(self, state: VersionState, error_code: Code = Code.OK, error_message: str = "") -> None:
         self.state = state

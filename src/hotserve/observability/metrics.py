@@ -194,9 +194,9 @@ WORKER = "0"  # this process's worker id (--num_workers)
 
 
 def render() -> bytes:
-    from hotserve.core.memory import rss_bytes
+    from hotserve.core.memory import rss_of
 
-    PROCESS_RSS.set((WORKER,), rss_bytes())
+    PROCESS_RSS.set((WORKER,), rss_of())
     return REGISTRY.render()
 
 

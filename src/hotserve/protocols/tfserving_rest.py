@@ -16,6 +16,7 @@ import orjson
 from hotserve import dtypes
 from hotserve.core.states import VersionStatus
 from hotserve.errors import InvalidArgument
+from hotserve.protocols.json_body import parse_object
 from hotserve.runtimes.base import Signature, TensorSpec
 
 _DUMP_OPTS = orjson.OPT_SERIALIZE_NUMPY
@@ -56,15 +57,7 @@ def _json_ready(name: str, arr: np.ndarray) -> Any:
 
 # -- request --------------------------------------------------------------------------------
 def parse_body(body: bytes) -> dict:
-    if not body:
-        raise InvalidArgument("empty request body; expected a JSON object with 'instances' or 'inputs'")
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidArgument(f"request body must be a JSON object with 'instances' or 'inputs', got a JSON {type(doc).__name__}")
-    return doc
+    return parse_object(body, "a JSON object with 'instances' or 'inputs'")
 
 
 def signature_name(doc: dict) -> str | None:
@@ -105,11 +98,11 @@ def _to_array(values: Any, spec: TensorSpec, where: str) -> np.ndarray:
         msg = str(exc)
         if "inhomogeneous" in msg or "sequence" in msg:
             raise InvalidArgument(
-                f"{where}: nested lists are ragged; every row must have the same length (expected shape {_shape_str(spec)})"
+                f"{where}: nested lists are ragged; every row must have the same length (expected shape {spec.describe()})"
             ) from None
         raise InvalidArgument(f"{where}: expected {spec.dtype.tf_name} values, {msg}") from None
     except (TypeError, OverflowError) as exc:
-        raise InvalidArgument(f"{where}: expected {spec.dtype.tf_name} values ({_shape_str(spec)}), {exc}") from None
+        raise InvalidArgument(f"{where}: expected {spec.dtype.tf_name} values ({spec.describe()}), {exc}") from None
 
 
 def _kind_name(dt: np.dtype) -> str:
@@ -130,10 +123,6 @@ def _string_array(tree: Any, where: str) -> np.ndarray:
     except ValueError:
         raise InvalidArgument(f"{where}: nested lists are ragged; every row must have the same length") from None
     return arr
-
-
-def _shape_str(spec: TensorSpec) -> str:
-    return spec.describe()
 
 
 def decode_predict(doc: dict, sig: Signature) -> tuple[dict[str, np.ndarray], bool]:

@@ -15,9 +15,11 @@ import orjson
 
 from hotserve import dtypes
 from hotserve.errors import InvalidArgument
+from hotserve.protocols.json_body import parse_object
 from hotserve.runtimes.base import Signature
 
-BINARY_HEADER = "inference-header-content-length"
+# Triton's binary tensor extension: the JSON part's length, in requests and responses.
+BINARY_HEADER = b"inference-header-content-length"
 
 _FIXED_TYPES = {name: d.numpy for name, d in dtypes.BY_V2_NAME.items() if name != "BYTES"}
 
@@ -121,14 +123,7 @@ def decode_infer(body: bytes, header_length: int | None) -> InferRequest:
         if header_length < 0 or header_length > len(body):
             raise InvalidArgument(f"Inference-Header-Content-Length is {header_length} but the body has {len(body)} bytes")
         json_part, tail = body[:header_length], memoryview(body)[header_length:]
-    if not json_part:
-        raise InvalidArgument("empty request body; expected a JSON object with 'inputs'")
-    try:
-        doc = orjson.loads(json_part)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidArgument(f"request JSON is not valid: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidArgument("request must be a JSON object with an 'inputs' list")
+    doc = parse_object(json_part, "a JSON object with an 'inputs' list")
     req = InferRequest()
     req.id = doc.get("id")
     params = doc.get("parameters") or {}
@@ -235,6 +230,13 @@ def tensor_metadata(sig: Signature, side: str) -> list[dict]:
 
 
 _INDEX_STATE = {"AVAILABLE": "READY", "LOADING": "LOADING", "UNLOADING": "UNLOADING"}
+
+
+def version_field(text: str) -> tuple[int | None, str | None]:
+    """(version, label) from V2's version field, which holds a number, a label, or nothing."""
+    if not text:
+        return None, None
+    return (int(text), None) if text.isdigit() else (None, text)
 
 
 def repository_index(models: dict, ready_only: bool = False) -> list[dict]:

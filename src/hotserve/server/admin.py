@@ -12,15 +12,11 @@ from hotserve.core.manager import Manager
 from hotserve.errors import InvalidArgument, MethodNotAllowed, NotFound
 from hotserve.server.auth import AdminAuth
 
+from hotserve.protocols.json_body import parse_object
+from hotserve.server.asgi import Reply, header, read_body
+
 if TYPE_CHECKING:
-    from hotserve.server.rest import Reply, RestApp
-
-
-def header(scope, name: bytes) -> str | None:
-    for k, v in scope["headers"]:
-        if k == name:
-            return v.decode("latin-1")
-    return None
+    from hotserve.server.rest import RestApp
 
 
 def _int_or_none(doc: dict, key: str) -> int | None:
@@ -38,9 +34,12 @@ class AdminRoutes:
         self.auth = AdminAuth(token)
         self.reload_config = reload_config
 
-    async def dispatch(self, rest: str, method: str, scope, receive) -> "Reply":
-        from hotserve.server.rest import Reply, read_body
+    async def _call(self, fn, *args):
+        # Each management call carries its own bound (a load or reload may take a minute);
+        # the inference timeout does not apply.
+        return await self.app.run(fn, *args, bounded=False)
 
+    async def dispatch(self, rest: str, method: str, scope, receive) -> Reply:
         self.auth.check(header(scope, b"authorization"))
         body = await read_body(receive)
         if rest == "config:reload":
@@ -48,7 +47,7 @@ class AdminRoutes:
                 raise MethodNotAllowed("config:reload takes POST")
             if self.reload_config is None:
                 raise NotFound("this server was not started with --model_config_file; there is no config to reload")
-            result = await self.app.run(self.reload_config, bounded=False)
+            result = await self._call(self.reload_config)
             return result if isinstance(result, Reply) else Reply(200, orjson.dumps(result))
         parts = rest.split("/")
         if len(parts) < 2 or parts[0] != "models":
@@ -61,32 +60,27 @@ class AdminRoutes:
             return Reply(200, orjson.dumps(mm.routing()))
         if method != "POST":
             raise MethodNotAllowed(f"/v1/admin/models/<m>/{action} takes POST")
-        try:
-            doc = orjson.loads(body) if body else {}
-        except orjson.JSONDecodeError as exc:
-            raise InvalidArgument(f"body is not valid JSON: {exc}") from None
-        if not isinstance(doc, dict):
-            raise InvalidArgument("body must be a JSON object")
+        doc = parse_object(body, "a JSON object", empty={})
         if action == "labels":
             labels = doc.get("labels")
             if not isinstance(labels, dict) or not labels:
                 raise InvalidArgument('expected {"labels": {"<label>": <version or null>, ...}}')
             changes = {str(k): _int_or_none(labels, k) for k in labels}
-            result = await self.app.run(mm.set_labels, changes, bounded=False)
+            result = await self._call(mm.set_labels, changes)
         elif action == "canary":
             weight = doc.get("weight")
             if weight is not None and (not isinstance(weight, (int, float)) or isinstance(weight, bool)):
                 raise InvalidArgument(f"'weight' must be a percentage, got {weight!r}")
-            result = await self.app.run(mm.set_canary, _int_or_none(doc, "version"), weight, bounded=False)
+            result = await self._call(mm.set_canary, _int_or_none(doc, "version"), weight)
         elif action == "pin":
-            result = await self.app.run(mm.pin, _int_or_none(doc, "version"), bounded=False)
+            result = await self._call(mm.pin, _int_or_none(doc, "version"))
         elif action == "rollback":
-            result = await self.app.run(mm.rollback, _int_or_none(doc, "to"), bounded=False)
+            result = await self._call(mm.rollback, _int_or_none(doc, "to"))
         elif action == "load":
-            await self.app.run(mm.request_load, bounded=False)
+            await self._call(mm.request_load)
             result = mm.routing()
         elif action == "unload":
-            await self.app.run(mm.request_unload, bounded=False)
+            await self._call(mm.request_unload)
             result = mm.routing()
         else:
             raise NotFound(f"unknown admin action {action!r}; expected labels, canary, pin, rollback, load, unload")

@@ -19,7 +19,6 @@ from hotserve.core.manager import Manager
 from hotserve.errors import HotserveError
 from hotserve.observability import metrics
 from hotserve.server.auth import AdminAuth
-from hotserve.server.rest import INLINE_MAX_BYTES
 from hotserve.server import grpc_tfserving, grpc_v2
 
 log = logging.getLogger("hotserve.grpc")
@@ -57,7 +56,8 @@ def unary(fn: Callable, req_cls, resp_cls, executor: ThreadPoolExecutor, api: st
         code, version = "OK", ""
         try:
             mm = manager.models.get(_model_of(request)) if manager is not None else None
-            if mm is not None and mm.inline_ok and request.ByteSize() <= INLINE_MAX_BYTES:
+            # ByteSize() walks the message (0.3 us at 3 KiB, 0.8 ms at 12 MiB): ask only when inline is possible.
+            if mm is not None and mm.inline_ok and mm.runs_inline(request.ByteSize()):
                 response = fn(request, meta)
             else:
                 response = await asyncio.get_running_loop().run_in_executor(executor, fn, request, meta)

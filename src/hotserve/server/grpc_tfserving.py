@@ -8,7 +8,7 @@ import grpc
 
 from hotserve.core import inference
 from hotserve.core.manager import Manager
-from hotserve.errors import InvalidArgument, NotFound
+from hotserve.errors import InvalidArgument
 from hotserve.server.auth import AdminAuth
 from hotserve.protocols import tf_examples
 from hotserve.protocols import tfserving_grpc as codec
@@ -118,10 +118,7 @@ class ModelService:
         mm = self.manager.get(req.model_spec.name)
         version, label = codec.requested_version(req.model_spec)
         if label is not None:
-            lv = mm.route.table.labels.get(label)
-            if lv is None:
-                raise NotFound(f"label {label!r} is not assigned to an available version of model {req.model_spec.name!r}")
-            version = lv.version
+            version = mm.label_version(label)
         return codec.encode_status(mm.statuses(version))
 
     def HandleReloadConfigRequest(self, req: model_management_pb2.ReloadConfigRequest,

@@ -18,13 +18,6 @@ from hotserve.server.grpc_tfserving import KEY_METADATA
 from hotserve.server.rest_v2 import EXTENSIONS
 
 
-def _target(text: str) -> tuple[int | None, str | None]:
-    """(version, label): V2's model_version holds a number, a label, or nothing."""
-    if not text:
-        return None, None
-    return (int(text), None) if text.isdigit() else (None, text)
-
-
 class InferenceService:
     def __init__(self, manager: Manager, auth: AdminAuth) -> None:
         self.manager = manager
@@ -37,17 +30,14 @@ class InferenceService:
         return pb.ServerReadyResponse(ready=self.manager.ready())
 
     def ModelReady(self, req: pb.ModelReadyRequest, meta: dict) -> pb.ModelReadyResponse:
-        mm = self.manager.get(req.name)
-        version, label = _target(req.version)
-        ready = label in mm.route.table.labels if label is not None else mm.is_ready(version)
-        return pb.ModelReadyResponse(ready=ready)
+        return pb.ModelReadyResponse(ready=self.manager.get(req.name).is_ready(*v2.version_field(req.version)))
 
     def ServerMetadata(self, req: pb.ServerMetadataRequest, meta: dict) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name="hotserve", version=__version__, extensions=EXTENSIONS)
 
     def ModelMetadata(self, req: pb.ModelMetadataRequest, meta: dict) -> pb.ModelMetadataResponse:
         mm = self.manager.get(req.name)
-        lv = self.manager.acquire(req.name, *_target(req.version))
+        lv = self.manager.acquire(req.name, *v2.version_field(req.version))
         try:
             sig = get_signature(lv.servable, None)
             resp = pb.ModelMetadataResponse(
@@ -64,7 +54,7 @@ class InferenceService:
 
     def ModelInfer(self, req: pb.ModelInferRequest, meta: dict) -> pb.ModelInferResponse:
         inputs = codec.decode_infer(req)
-        lv = self.manager.acquire(req.model_name, *_target(req.model_version), meta.get(KEY_METADATA))
+        lv = self.manager.acquire(req.model_name, *v2.version_field(req.model_version), meta.get(KEY_METADATA))
         try:
             outputs = inference.predict(lv, inputs, None)
             return codec.encode_infer(req.model_name, lv.version_str, req.id, outputs, [o.name for o in req.outputs])

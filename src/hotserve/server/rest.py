@@ -21,32 +21,16 @@ from hotserve.observability import metrics
 from hotserve.protocols import tfserving_rest as tfs
 from hotserve.runtimes.base import get_signature
 from hotserve.server.admin import AdminRoutes
+from hotserve.server.asgi import JSON, Reply, error_reply, header, read_body
 from hotserve.server.rest_v2 import V2Routes
 
 log = logging.getLogger("hotserve.rest")
 
-_JSON = (b"content-type", b"application/json")
 _VERSION_HEADER = b"x-model-version"
+_KEY_HEADER = b"x-request-key"
 _V1 = "/v1/models/"
-# Requests larger than this always go to the worker pool, even for a cheap model.
-INLINE_MAX_BYTES = 16 * 1024
 # TF Serving's Prometheus path, and the usual one.
 _METRICS_PATHS = ("/monitoring/prometheus/metrics", "/metrics")
-
-
-class Reply:
-    __slots__ = ("status", "body", "version", "headers")
-
-    def __init__(self, status: int, body: bytes, version: str | None = None,
-                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        self.status = status
-        self.body = body
-        self.version = version
-        self.headers = headers
-
-
-def _error(exc: HotserveError, version: str | None = None) -> Reply:
-    return Reply(exc.http_status, tfs.encode_error(exc.message), version)
 
 
 def parse_version(text: str) -> int:
@@ -73,11 +57,11 @@ class RestApp:
         try:
             reply = await self._dispatch(scope, receive)
         except HotserveError as exc:
-            reply = _error(exc)
+            reply = error_reply(exc)
         except Exception as exc:  # a bug must cost one request, never the worker
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-            reply = Reply(500, tfs.encode_error(f"internal error: {type(exc).__name__}: {exc}"))
-        headers = reply.headers or [_JSON]
+            reply = Reply(500, tfs.encode_error(f"internal error: {type(exc).__name__}: {exc}"), code="INTERNAL")
+        headers = reply.headers or [JSON]
         headers.append((b"content-length", str(len(reply.body)).encode()))
         if reply.version is not None:
             headers.append((_VERSION_HEADER, reply.version.encode()))
@@ -132,7 +116,7 @@ class RestApp:
             if method != "POST":
                 raise MethodNotAllowed(f":{verb} takes POST, got {method}")
             body = await read_body(receive)
-            key = request_key(scope)
+            key = header(scope, _KEY_HEADER)
             if verb == "predict":
                 return await self.infer(name, len(body), self.observed, "predict", name, self._predict, name, version,
                                         label, key, body)
@@ -146,17 +130,14 @@ class RestApp:
             raise NotFound(f"malformed path: /{'/'.join(tail)}; expected /metadata or nothing after the model")
         mm = self.manager.get(name)
         if label is not None:
-            lv = mm.route.table.labels.get(label)
-            if lv is None:
-                raise NotFound(f"label {label!r} of model {name!r} is not assigned to an available version")
-            version = lv.version
+            version = mm.label_version(label)
         return Reply(200, tfs.dumps(tfs.status_doc(mm.statuses(version))))
 
     async def infer(self, model: str, size: int, fn, *args) -> Reply:
         """Run a model request: on the event loop when --inference_threading=auto found the model
         cheap and the request is small (no thread hop), else in the worker pool."""
         mm = self.manager.models.get(model)
-        if mm is not None and mm.inline_ok and size <= INLINE_MAX_BYTES:
+        if mm is not None and mm.runs_inline(size):
             return fn(*args)
         return await self.run(fn, *args)
 
@@ -170,14 +151,14 @@ class RestApp:
         try:
             return await asyncio.wait_for(future, self.timeout_seconds)
         except asyncio.TimeoutError:
-            return Reply(504, tfs.encode_error(f"request did not finish within {self.timeout_seconds:g}s (--rest_api_timeout_in_ms)"))
+            return Reply(504, tfs.encode_error(f"request did not finish within {self.timeout_seconds:g}s (--rest_api_timeout_in_ms)"),
+                         code="DEADLINE_EXCEEDED")
 
     @staticmethod
     def observed(api: str, name: str, fn, *args) -> Reply:
         t0 = time.perf_counter()
         reply = fn(*args)
-        metrics.record_request(name, reply.version or "", api, "REST", _STATUS_NAMES.get(reply.status, "UNKNOWN"),
-                               time.perf_counter() - t0)
+        metrics.record_request(name, reply.version or "", api, "REST", reply.code, time.perf_counter() - t0)
         return reply
 
     def _predict(self, name: str, version: int | None, label: str | None, key: str | None, body: bytes) -> Reply:
@@ -186,14 +167,14 @@ class RestApp:
             sig_name = tfs.signature_name(doc)
             lv = self.manager.acquire(name, version, label, key)
         except HotserveError as exc:
-            return _error(exc)
+            return error_reply(exc)
         try:
             sig = get_signature(lv.servable, sig_name)
             inputs, rows = tfs.decode_predict(doc, sig)
             outputs = inference.predict(lv, inputs, sig_name)
             return Reply(200, tfs.encode_predict(outputs, rows), lv.version_str)
         except HotserveError as exc:
-            return _error(exc, lv.version_str)
+            return error_reply(exc, lv.version_str)
         finally:
             lv.release()
 
@@ -207,7 +188,7 @@ class RestApp:
             examples = tf_examples.json_examples(doc)
             lv = self.manager.acquire(name, version, label, key)
         except HotserveError as exc:
-            return _error(exc)
+            return error_reply(exc)
         try:
             outputs = inference.run_examples(lv, method, examples, sig_name)
             if method == "classify":
@@ -216,7 +197,7 @@ class RestApp:
                 doc = tf_examples.regression_json(tf_examples.regression_result(outputs, len(examples)))
             return Reply(200, tfs.dumps(doc), lv.version_str)
         except HotserveError as exc:
-            return _error(exc, lv.version_str)
+            return error_reply(exc, lv.version_str)
         finally:
             lv.release()
 
@@ -227,29 +208,6 @@ class RestApp:
             return Reply(200, tfs.dumps(doc), lv.version_str)
         finally:
             lv.release()
-
-
-_STATUS_NAMES = {200: "OK", 400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
-                 404: "NOT_FOUND", 405: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
-                 501: "UNIMPLEMENTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
-_KEY_HEADER = b"x-request-key"
-
-
-def request_key(scope) -> str | None:
-    """The client's sticky-routing key (X-Request-Key), if it sent one."""
-    for k, v in scope["headers"]:
-        if k == _KEY_HEADER:
-            return v.decode("latin-1")
-    return None
-
-
-async def read_body(receive) -> bytes:
-    chunks = []
-    while True:
-        msg = await receive()
-        chunks.append(msg.get("body", b""))
-        if not msg.get("more_body", False):
-            return b"".join(chunks)
 
 
 async def _lifespan(receive, send) -> None:

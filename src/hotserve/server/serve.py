@@ -39,7 +39,8 @@ class ServeOptions:
     reload_timeout_seconds: float = 60.0
 
 
-def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+def bind_socket(host: str, port: int, reuse_port: bool = False, listen: bool = True) -> socket.socket:
+    """A bound socket; with listen=False it only holds the port (the --num_workers supervisor)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -51,8 +52,9 @@ def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket
     except OSError as exc:
         sock.close()
         raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.listen(2048)
-    sock.setblocking(False)
+    if listen:
+        sock.listen(2048)
+        sock.setblocking(False)
     return sock
 
 
@@ -86,7 +88,7 @@ class _Uvicorn:
         self.server.should_exit = True
 
 
-async def serve(opts: ServeOptions, on_listening=None) -> None:
+async def serve(opts: ServeOptions) -> None:
     threads = opts.rest_api_num_threads or 4 * (os.cpu_count() or 1)
     batch_sizes = [m.batching.max_batch_size for m in opts.models if hasattr(m.batching, "max_batch_size")]
     if opts.manager.batching is not None:
@@ -137,8 +139,6 @@ async def serve(opts: ServeOptions, on_listening=None) -> None:
     # Tools and tests read these lines to learn the bound ports (they matter with port 0).
     print(f"hotserve: gRPC API listening on {_url_host(host)}:{grpc_port}", flush=True)
     print(f"hotserve: REST API listening on http://{_url_host(host)}:{port}", flush=True)
-    if on_listening is not None:
-        on_listening(host, port)
     try:
         await rest.serve()
     finally:

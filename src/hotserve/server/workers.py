@@ -14,32 +14,19 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 
 from hotserve.core.memory import rss_of
+from hotserve.server.serve import bind_socket
 
 log = logging.getLogger("hotserve.workers")
 
 # A worker that exits sooner than this after starting is crashing at start: back off.
 _MIN_UPTIME = 10.0
 _RSS_REPORT_SECONDS = 60.0
-
-
-def _reserve(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    return sock  # never listens: it only holds the port for the workers
 
 
 def _strip(argv: list[str], names: set[str]) -> list[str]:
@@ -61,8 +48,9 @@ class Supervisor:
     def __init__(self, argv: list[str], num_workers: int, host: str, rest_port: int, grpc_port: int) -> None:
         self.num_workers = num_workers
         self.host = host
-        self._rest = _reserve(host, rest_port)
-        self._grpc = _reserve(host, grpc_port)
+        # Bound, never listening: they only hold the ports for the workers.
+        self._rest = bind_socket(host, rest_port, reuse_port=True, listen=False)
+        self._grpc = bind_socket(host, grpc_port, reuse_port=True, listen=False)
         self.rest_port = self._rest.getsockname()[1]
         self.grpc_port = self._grpc.getsockname()[1]
         base = _strip(argv, {"num_workers", "rest_api_port", "port", "reuse_port", "worker_id"})
