@@ -40,6 +40,7 @@ log = logging.getLogger("hotserve.manager")
 # so operators can still read why a version failed.
 _ENDED_HISTORY = 10
 MEMORY_POLICIES = ("wait", "unload_first", "refuse")
+_DONE = {"rollback": "rolled back", "promote": "promoted"}
 # Requests larger than this always go to the worker pool, even for a cheap model.
 INLINE_MAX_BYTES = 16 * 1024
 
@@ -601,11 +602,11 @@ class ModelManager:
         v, stable = t.canary.version, t.default.version
         act = (verdict.decision == "rollback" and cfg.on_failure == "rollback") or (
             verdict.decision == "promote" and cfg.on_success == "promote")
-        metrics.CANARY_DECISIONS.inc((self.name, verdict.decision if act else f"{verdict.decision}_held"))
         if not act:
             self._canary_held = True
-            log.warning("model %s: canary version %d would be %sd (%s); holding as configured", self.name, v,
-                        verdict.decision.removesuffix("e"), verdict.reason, extra=_ev("canary_hold", self.name, v))
+            metrics.CANARY_DECISIONS.inc((self.name, f"{verdict.decision}_held"))
+            log.warning("model %s: canary version %d would be %s (%s); holding as configured", self.name, v,
+                        _DONE[verdict.decision], verdict.reason, extra=_ev("canary_hold", self.name, v))
             return
         with self._cv:
             if self.labels.get("canary") != v:
@@ -618,6 +619,11 @@ class ModelManager:
             else:
                 self.labels["stable"] = v
             self._persist()
+        # Report the decision once it has taken effect: the route no longer splits when the
+        # event is logged and counted (both versions are loaded, so this is a swap, not a load).
+        if not self._wait_reconciled(self._trigger(), 30.0):
+            log.warning("model %s: canary decision for version %d is still being applied", self.name, v)
+        metrics.CANARY_DECISIONS.inc((self.name, verdict.decision))
         if verdict.decision == "rollback":
             metrics.ROLLBACKS.inc((self.name, "canary"))
             log.warning("model %s: canary version %d rolled back, stable version %d keeps serving: %s",
@@ -625,7 +631,6 @@ class ModelManager:
         else:
             log.info("model %s: canary version %d promoted to stable (was %d): %s", self.name, v, stable,
                      verdict.reason, extra=_ev("canary_promote", self.name, v))
-        self._trigger()
 
     # -- loading ----------------------------------------------------------------------------
     def _set(self, st: VersionStatus, state: VersionState, code: Code = Code.OK, message: str = "") -> None:
