@@ -38,15 +38,13 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 import urllib.error
 import urllib.request
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO_DIR = os.path.dirname(BENCH_DIR)
 sys.path.insert(0, BENCH_DIR)
 
-from benchlib import loadgen, procs, report, tools  # noqa: E402
+from benchlib import loadgen, procs, report, session, tools  # noqa: E402
 from benchlib.loadgen import percentile  # noqa: E402
 
 SMALL_SIZES = (784, 256, 256, 10)
@@ -139,39 +137,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # -- small helpers ---------------------------------------------------------------------------
 
-def _loadavg() -> str:
-    try:
-        return " ".join(open("/proc/loadavg").read().split()[:3])
-    except OSError:
-        return "?"
-
-
-def _git_commit() -> str:
-    try:
-        sha = subprocess.run(["git", "-C", REPO_DIR, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", REPO_DIR, "diff", "--quiet", "HEAD", "--", "src"], capture_output=True, timeout=10).returncode
-        return (sha or "?") + (" + uncommitted changes in src/" if dirty == 1 else "")
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-
-
-def _raise_interrupt(signum, _frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
 
 def _pin_self(cpus: set[int]) -> None:
     try:
         os.sched_setaffinity(0, cpus)  # this thread only
     except OSError:
         pass
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _get_json(url: str, timeout: float = 5.0) -> tuple[int, dict | None]:
@@ -487,16 +458,16 @@ class SpyDumper(threading.Thread):
                 "gil_holders": {h: sum(1 for d in sel if d["gil_holder"] == h) for h in {d["gil_holder"] for d in sel}}}
 
 
-def publish_big(stage_version_dir: str, base: str, sampler: SeriesSampler) -> dict:
-    """The last step of hotserve.repository.publish.publish(): the version directory, complete
-    with its manifest (staged beforehand), is renamed into the served base path and the base
-    directory fsynced. The copy, sha256 and fsyncs of publish() happened before the load."""
+def publish_big(staging: str, base: str, sampler: SeriesSampler) -> dict:
+    """hotserve.repository.publish.commit(): the staged version (copied, hashed and fsynced
+    before the load by publish.stage()) is renamed into the served base path."""
+    from hotserve.repository.publish import commit
+
     pids = procs.tree_pids(sampler.root)
     rss = procs.rss_bytes(pids)
     threads = thread_cpu(sampler.root)
     t = time.monotonic()
-    os.rename(stage_version_dir, os.path.join(base, "1"))
-    _fsync_dir(base)
+    commit(staging, base, 1)
     return {"t_publish": t, "t_published": time.monotonic(), "rss_at_publish_mib": rss / 2**20, "threads": threads}
 
 
@@ -561,16 +532,11 @@ class Run:
         self.dir = os.path.join(workdir, f"run-{key}")
         self.small_base = os.path.join(self.dir, "small")
         self.big_base = os.path.join(self.dir, "big")
-        self.big_stage = os.path.join(self.dir, "big_stage")
-        os.makedirs(self.big_base)
-        from hotserve.repository.publish import publish
+        from hotserve.repository.publish import publish, stage
 
         publish(small_model, self.small_base)
-        # big v1 staged (hard links to the published copy in big_src: same bytes and manifest, no second copy).
-        stage_v = os.path.join(self.big_stage, "1")
-        os.makedirs(stage_v)
-        for name in os.listdir(big_published):
-            os.link(os.path.join(big_published, name), os.path.join(stage_v, name))
+        # big v1 staged now (copy, sha256, fsync); only its commit (the rename) happens during the load.
+        _, self.big_staging = stage(big_published, self.big_base, 1)
         self.config_path = os.path.join(self.dir, "models.yaml")
         with open(self.config_path, "w") as f:
             f.write("model_config_list:\n"
@@ -662,7 +628,7 @@ class Run:
 
             phases["big load"] = self.measure(
                 payload, o.phase_seconds + o.lead_seconds + o.load_timeout, "bigload",
-                event_fn=lambda s: publish_big(os.path.join(self.big_stage, "1"), self.big_base, s),
+                event_fn=lambda s: publish_big(self.big_staging, self.big_base, s),
                 stop_when=load_over, spy=bool(o.py_spy))
             b = phases["big load"]
             pub = b["event"]
@@ -892,19 +858,8 @@ def build_models(opts, workdir: str, log) -> tuple[str, str, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGHUP, _raise_interrupt)
-    signal.signal(signal.SIGINT, _raise_interrupt)
-
-    def log(msg: str) -> None:
-        print(msg, flush=True)
-
-    try:
-        import hotserve  # noqa: F401
-        import onnxruntime
-    except ImportError:
-        print(f"hotserve is not importable from {sys.executable}: run this with the project's venv python", file=sys.stderr)
-        return 2
+    log = session.begin()
+    import onnxruntime  # a hotserve dependency: importable once hotserve is
     try:
         tools.ensure_binary("taskset", "util-linux", not opts.no_install)
         tools.ensure_binary("wrk", "wrk", not opts.no_install)
@@ -916,17 +871,15 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"meta": {
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
-        "loadavg_start": _loadavg(), "client_cpus": opts.client_cpus,
+        "loadavg_start": session.loadavg(), "client_cpus": opts.client_cpus,
         "phase_seconds": opts.phase_seconds, "lead_seconds": opts.lead_seconds, "warmup_s": opts.warmup,
         "concurrency": opts.concurrency, "hog_procs": opts.hog_procs, "variants": opts.variants,
-        "poll_interval_s": opts.poll_interval, "hotserve_commit": _git_commit(),
+        "poll_interval_s": opts.poll_interval, "hotserve_commit": session.git_commit(),
         "versions": {"python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
                      "wrk": tools.tool_version(["wrk", "-v"])},
         "workdir": workdir,
     }, "runs": []}
-    t_start = time.monotonic()
-    failed = False
-    try:
+    with session.guarded(results, log) as guard:
         from benchlib.payloads import make_payload, reference_output
 
         small, big_v1, results["big_model"] = build_models(opts, workdir, log)
@@ -937,18 +890,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, label, extra in configs:
             run = Run(opts, workdir, key, label, extra, small, big_v1, log)
             results["runs"].append(run.execute(payload, reference))
-    except KeyboardInterrupt:
-        failed = True
-        results["meta"]["incomplete"] = "interrupted"
-        log("\ninterrupted: stopping every process the bench started")
-    except Exception as exc:
-        failed = True
-        results["meta"]["incomplete"] = f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
-    finally:
-        procs.cleanup()
-    results["meta"]["loadavg_end"] = _loadavg()
-    results["meta"]["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    failed = guard.failed
     failed = failed or any(r["failed"] for run in results["runs"] for r in run["rows"])
     if results["runs"] or results.get("big_model"):
         text, jpath, mpath = write(results, opts.results_dir)
@@ -960,7 +902,7 @@ def main(argv: list[str] | None = None) -> int:
     elif failed:
         # Keep the logs for a post-mortem, drop the big model files.
         for d in [os.path.join(workdir, "big_src"), os.path.join(workdir, "build")] + \
-                glob.glob(os.path.join(workdir, "run-*", "big")) + glob.glob(os.path.join(workdir, "run-*", "big_stage")):
+                glob.glob(os.path.join(workdir, "run-*", "big")):
             shutil.rmtree(d, ignore_errors=True)
         print(f"work directory kept (server logs, per-request logs; big model files removed): {workdir}")
     else:

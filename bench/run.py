@@ -13,18 +13,15 @@ import argparse
 import os
 import platform
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 import traceback
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO_DIR = os.path.dirname(BENCH_DIR)
 sys.path.insert(0, BENCH_DIR)
 
-from benchlib import procs, report, tools  # noqa: E402
+from benchlib import procs, report, session, tools  # noqa: E402
 
 PARTS = ("hotserve", "hotserve-2w", "fastapi", "mlserver", "swaps")
 # hotserve's shapes on this 2-core machine: one process with its defaults, and the tuned one:
@@ -95,40 +92,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return o
 
 
-def _git_commit() -> str:
-    try:
-        sha = subprocess.run(["git", "-C", REPO_DIR, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", REPO_DIR, "diff", "--quiet", "HEAD", "--", "src"], capture_output=True, timeout=10).returncode
-        return (sha or "?") + (" + uncommitted changes in src/" if dirty == 1 else "")
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(open("/proc/loadavg").read().split()[:3])
-    except OSError:
-        return "?"
-
-
-def _raise_interrupt(signum, _frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGHUP, _raise_interrupt)
-    signal.signal(signal.SIGINT, _raise_interrupt)  # also when started with SIGINT ignored (background jobs)
-
-    def log(msg: str) -> None:
-        print(msg, flush=True)
-
-    try:
-        import hotserve  # noqa: F401
-    except ImportError:
-        print(f"hotserve is not importable from {sys.executable}: run this with the project's venv python", file=sys.stderr)
-        return 2
+    log = session.begin()
 
     matrix_servers = [s for s in ("hotserve", "hotserve-2w", "fastapi", "mlserver") if s in opts.parts]
     needs_grpc = bool(set(HOTSERVE_SHAPES) & opts.parts) and any(a.startswith("grpc") for a in opts.hotserve_apis)
@@ -157,18 +123,16 @@ def main(argv: list[str] | None = None) -> int:
         "mode": "quick" if opts.quick else "full",
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
-        "loadavg_start": _loadavg(),
+        "loadavg_start": session.loadavg(),
         "client_cpus": opts.client_cpus, "server_cpus": opts.server_cpus,
         "duration_s": opts.duration, "warmup_s": opts.warmup,
         "batches": opts.batches, "concurrency": opts.concurrency,
         "parts": sorted(opts.parts), "hotserve_apis": opts.hotserve_apis,
         "wrk_threads": opts.wrk_threads, "fastapi_workers": opts.fastapi_workers,
-        "hotserve_commit": _git_commit(), "versions": versions,
+        "hotserve_commit": session.git_commit(), "versions": versions,
         "workdir": workdir,
     }}
-    t_start = time.monotonic()
-    failed = False
-    try:
+    with session.guarded(results, log, "server") as run:
         if matrix_servers:
             results["matrix"] = _run_matrix(opts, matrix_servers, mlserver_exe, workdir, log)
         if "swaps" in opts.parts:
@@ -176,22 +140,11 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 results["swaps"] = swaps.run_swaps(opts, workdir, log)
             except (RuntimeError, OSError) as exc:
-                failed = True
+                run.failed = True
                 results["swaps_error"] = str(exc)
                 log(f"swaps: FAILED: {exc}")
                 traceback.print_exc()
-    except KeyboardInterrupt:
-        failed = True
-        results["meta"]["incomplete"] = "interrupted"
-        log("\ninterrupted: stopping every server the bench started")
-    except Exception as exc:
-        failed = True
-        results["meta"]["incomplete"] = f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
-    finally:
-        procs.cleanup()
-    results["meta"]["loadavg_end"] = _loadavg()
-    results["meta"]["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    failed = run.failed
     if results.get("matrix") or results.get("swaps") or results.get("swaps_error"):
         text, jpath, mpath = report.write(results, opts.results_dir)
         print()

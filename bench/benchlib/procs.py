@@ -102,14 +102,10 @@ def tree_pids(root: int) -> list[int]:
 
 
 def rss_bytes(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/statm") as f:
-                total += int(f.read().split()[1]) * _PAGE
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
+    """Summed RSS of a process tree (hotserve's own reader, per pid)."""
+    from hotserve.core.memory import rss_of
+
+    return sum(rss_of(pid) for pid in pids)
 
 
 def cpu_seconds(pids: list[int]) -> float:

@@ -43,11 +43,10 @@ def _copy_into(src: str, staging: str) -> None:
         raise PublishError(f"{src}: no such file or directory")
 
 
-def publish(src: str, base_path: str, version: int | None = None) -> tuple[int, str]:
-    """Publish src (a model file or directory) as a new version under base_path.
-
-    Returns (version, final_path). The version defaults to the newest existing one plus 1.
-    """
+def stage(src: str, base_path: str, version: int | None = None) -> tuple[int, str]:
+    """First half of a publish: copy src into a hidden staging directory beside the target
+    (the scanner ignores it), write and fsync the manifest. Returns (version, staging_path);
+    nothing is visible to a server until commit(). The version defaults to newest + 1."""
     os.makedirs(base_path, exist_ok=True)
     if version is None:
         existing = list_version_numbers(LocalStorage(), base_path)
@@ -57,7 +56,6 @@ def publish(src: str, base_path: str, version: int | None = None) -> tuple[int, 
     target = os.path.join(base_path, str(version))
     if os.path.exists(target):
         raise PublishError(f"version {version} already exists at {target}; versions are immutable, publish a new one")
-
     staging = os.path.join(base_path, f"{STAGING_PREFIX}{version}-{uuid.uuid4().hex[:8]}")
     os.makedirs(staging)
     try:
@@ -66,12 +64,22 @@ def publish(src: str, base_path: str, version: int | None = None) -> tuple[int, 
         for f in files:
             _fsync_path(os.path.join(staging, f.relpath))
         data = json.dumps(manifest.build_manifest(staging, files), indent=1).encode()
-        mpath = os.path.join(staging, manifest.MANIFEST_NAME)
-        with open(mpath, "wb") as f:
+        with open(os.path.join(staging, manifest.MANIFEST_NAME), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         _fsync_path(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return version, staging
+
+
+def commit(staging: str, base_path: str, version: int) -> str:
+    """Second half: rename the staged version into place (atomic) and fsync the base path.
+    Returns the version's path. On failure the staging directory is removed."""
+    target = os.path.join(base_path, str(version))
+    try:
         if os.path.exists(target):
             raise PublishError(f"version {version} appeared at {target} while publishing")
         os.rename(staging, target)
@@ -79,4 +87,11 @@ def publish(src: str, base_path: str, version: int | None = None) -> tuple[int, 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return version, target
+    return target
+
+
+def publish(src: str, base_path: str, version: int | None = None) -> tuple[int, str]:
+    """Publish src (a model file or directory) as a new version under base_path: stage, then
+    commit. Returns (version, final_path)."""
+    version, staging = stage(src, base_path, version)
+    return version, commit(staging, base_path, version)
