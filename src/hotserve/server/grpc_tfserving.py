@@ -55,28 +55,26 @@ class PredictionService:
         finally:
             lv.release()
 
-    def _examples(self, method: str, req, meta: dict):
+    def _examples(self, method: str, req, meta: dict, response_cls, result):
+        """Classify or Regress: run the request's Examples on one bound version and build the response."""
         examples = tf_examples.serialized_examples(req.input)
         lv = self._acquire(req.model_spec, meta)
         try:
             sig_name = req.model_spec.signature_name or DEFAULT_SIGNATURE
-            return lv, sig_name, examples, inference.run_examples(lv, method, examples, sig_name)
+            outputs = inference.run_examples(lv, method, examples, sig_name)
         finally:
             lv.release()
+        resp = response_cls()
+        codec.fill_spec(resp.model_spec, req.model_spec.name, lv.version, sig_name)
+        resp.result.CopyFrom(result(outputs, len(examples)))
+        return resp
 
     def Classify(self, req: classification_pb2.ClassificationRequest, meta: dict) -> classification_pb2.ClassificationResponse:
-        lv, sig_name, examples, outputs = self._examples("classify", req, meta)
-        resp = classification_pb2.ClassificationResponse()
-        codec.fill_spec(resp.model_spec, req.model_spec.name, lv.version, sig_name)
-        resp.result.CopyFrom(tf_examples.classification_result(outputs, len(examples)))
-        return resp
+        return self._examples("classify", req, meta, classification_pb2.ClassificationResponse,
+                              tf_examples.classification_result)
 
     def Regress(self, req: regression_pb2.RegressionRequest, meta: dict) -> regression_pb2.RegressionResponse:
-        lv, sig_name, examples, outputs = self._examples("regress", req, meta)
-        resp = regression_pb2.RegressionResponse()
-        codec.fill_spec(resp.model_spec, req.model_spec.name, lv.version, sig_name)
-        resp.result.CopyFrom(tf_examples.regression_result(outputs, len(examples)))
-        return resp
+        return self._examples("regress", req, meta, regression_pb2.RegressionResponse, tf_examples.regression_result)
 
     def MultiInference(self, req: inference_pb2.MultiInferenceRequest, meta: dict) -> inference_pb2.MultiInferenceResponse:
         if not req.tasks:

@@ -11,10 +11,12 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
 
 import orjson
 
 from hotserve.core import inference
+from hotserve.core.loaded import LoadedVersion
 from hotserve.core.manager import Manager
 from hotserve.errors import HotserveError, InvalidArgument, MethodNotAllowed, NotFound
 from hotserve.observability import metrics
@@ -161,45 +163,54 @@ class RestApp:
         metrics.record_request(name, reply.version or "", api, "REST", reply.code, time.perf_counter() - t0)
         return reply
 
-    def _predict(self, name: str, version: int | None, label: str | None, key: str | None, body: bytes) -> Reply:
+    def bound(self, name: str, version: int | None, label: str | None, key: str | None,
+              prepare: Callable[[], Any], run: Callable[[LoadedVersion, Any], tuple[bytes, list | None]]) -> Reply:
+        """The frame of every model request: prepare() (parse; its errors name no version),
+        bind one version, run(lv, prepared) -> (body, headers), release the handle. Errors after
+        binding carry the version that produced them."""
         try:
-            doc = tfs.parse_body(body)
-            sig_name = tfs.signature_name(doc)
+            prepared = prepare()
             lv = self.manager.acquire(name, version, label, key)
         except HotserveError as exc:
             return error_reply(exc)
         try:
-            sig = get_signature(lv.servable, sig_name)
-            inputs, rows = tfs.decode_predict(doc, sig)
-            outputs = inference.predict(lv, inputs, sig_name)
-            return Reply(200, tfs.encode_predict(outputs, rows), lv.version_str)
+            body, headers = run(lv, prepared)
+            return Reply(200, body, lv.version_str, headers)
         except HotserveError as exc:
             return error_reply(exc, lv.version_str)
         finally:
             lv.release()
+
+    def _predict(self, name: str, version: int | None, label: str | None, key: str | None, body: bytes) -> Reply:
+        def prepare():
+            doc = tfs.parse_body(body)
+            return doc, tfs.signature_name(doc)
+
+        def run(lv: LoadedVersion, prepared):
+            doc, sig_name = prepared
+            inputs, rows = tfs.decode_predict(doc, get_signature(lv.servable, sig_name))
+            return tfs.encode_predict(inference.predict(lv, inputs, sig_name), rows), None
+
+        return self.bound(name, version, label, key, prepare, run)
 
     def _examples(self, method: str, name: str, version: int | None, label: str | None, key: str | None,
                   body: bytes) -> Reply:
         from hotserve.protocols import tf_examples
 
-        try:
+        def prepare():
             doc = tfs.parse_body(body)
-            sig_name = tfs.signature_name(doc)
-            examples = tf_examples.json_examples(doc)
-            lv = self.manager.acquire(name, version, label, key)
-        except HotserveError as exc:
-            return error_reply(exc)
-        try:
+            return tfs.signature_name(doc), tf_examples.json_examples(doc)
+
+        def run(lv: LoadedVersion, prepared):
+            sig_name, examples = prepared
             outputs = inference.run_examples(lv, method, examples, sig_name)
             if method == "classify":
                 doc = tf_examples.classification_json(tf_examples.classification_result(outputs, len(examples)))
             else:
                 doc = tf_examples.regression_json(tf_examples.regression_result(outputs, len(examples)))
-            return Reply(200, tfs.dumps(doc), lv.version_str)
-        except HotserveError as exc:
-            return error_reply(exc, lv.version_str)
-        finally:
-            lv.release()
+            return tfs.dumps(doc), None
+
+        return self.bound(name, version, label, key, prepare, run)
 
     def _metadata(self, name: str, version: int | None, label: str | None) -> Reply:
         lv = self.manager.acquire(name, version, label)

@@ -11,12 +11,12 @@ import orjson
 from hotserve import __version__
 from hotserve.core import inference
 from hotserve.core.manager import Manager
-from hotserve.errors import HotserveError, InvalidArgument, MethodNotAllowed, NotFound
+from hotserve.errors import InvalidArgument, MethodNotAllowed, NotFound
 from hotserve.protocols import v2
 from hotserve.protocols.json_body import parse_object
 from hotserve.runtimes.base import get_signature
 
-from hotserve.server.asgi import Reply, error_reply, header, read_body
+from hotserve.server.asgi import Reply, header, read_body
 
 if TYPE_CHECKING:
     from hotserve.server.rest import RestApp
@@ -110,25 +110,18 @@ class V2Routes:
 
     def _infer(self, name: str, target: tuple[int | None, str | None], key: str | None, body: bytes, hdr: str | None,
                enc: str | None) -> Reply:
-        try:
-            body = _decompress(body, enc)
+        def prepare() -> v2.InferRequest:
             try:
                 header_len = int(hdr) if hdr is not None else None
             except ValueError:
                 raise InvalidArgument(f"Inference-Header-Content-Length must be an integer, got {hdr!r}") from None
-            req = v2.decode_infer(body, header_len)
-            lv = self.manager.acquire(name, *target, key=key)
-        except HotserveError as exc:
-            return error_reply(exc)
-        try:
+            return v2.decode_infer(_decompress(body, enc), header_len)
+
+        def run(lv, req: v2.InferRequest):
             sig = get_signature(lv.servable, None)
             outputs = v2.select_outputs(inference.predict(lv, req.inputs, None), req.outputs, sig)
             payload, json_len = v2.encode_infer(name, lv.version_str, req, outputs)
-            if json_len is None:
-                return Reply(200, payload, lv.version_str)
-            headers = [_OCTET, (v2.BINARY_HEADER, str(json_len).encode())]
-            return Reply(200, payload, lv.version_str, headers)
-        except HotserveError as exc:
-            return error_reply(exc, lv.version_str)
-        finally:
-            lv.release()
+            headers = None if json_len is None else [_OCTET, (v2.BINARY_HEADER, str(json_len).encode())]
+            return payload, headers
+
+        return self.app.bound(name, *target, key, prepare, run)
