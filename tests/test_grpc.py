@@ -1,12 +1,11 @@
 """gRPC with clients nobody here wrote: tensorflow-serving-api's stubs with tf.make_tensor_proto /
 tf.make_ndarray, tritonclient.grpc, and the standard grpc health client; hot swaps under each."""
 
-import threading
-
 import grpc
 import numpy as np
 import pytest
 
+from clients import FamilyClients, tfs_grpc, triton_grpc
 from conftest import affine_version, wait_for, wait_state
 from hotserve.examples import make_two_io
 from hotserve.repository.publish import publish
@@ -183,56 +182,11 @@ def test_tritonclient_grpc(repo, start_server, tmp_path):
 
 def test_hot_swaps_under_grpc_clients(served):
     server, channel, base, build = served
-    errors, seen = [], []
-    stop = threading.Event()
-
-    def tf_client(i):
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        x = np.full((1, 4), float(i), np.float32)
-        last = 0
-        while not stop.is_set() and len(seen) < 200_000:
-            try:
-                resp = stub.Predict(_predict_request(x), timeout=30)
-            except grpc.RpcError as exc:
-                errors.append(f"tf client {i}: {exc.code()} {exc.details()}")
-                continue
-            v = resp.model_spec.version.value
-            if not np.allclose(tf.make_ndarray(resp.outputs["y"]), x + v) or v < last:
-                errors.append(f"tf client {i}: version {v} after {last}")
-            last = v
-            seen.append(v)
-
-    def triton_client(i):
-        c = tritongrpc.InferenceServerClient(server.grpc_target)
-        x = np.full((1, 4), float(i), np.float32)
-        inp = tritongrpc.InferInput("x", [1, 4], "FP32")
-        inp.set_data_from_numpy(x)
-        last = 0
-        while not stop.is_set() and len(seen) < 200_000:
-            try:
-                res = c.infer("m", [inp])
-            except Exception as exc:  # every failure is recorded and fails the test
-                errors.append(f"triton client {i}: {exc}")
-                continue
-            v = int(res.get_response().model_version)
-            if not np.allclose(res.as_numpy("y"), x + v) or v < last:
-                errors.append(f"triton client {i}: version {v} after {last}")
-            last = v
-            seen.append(v)
-        c.close()
-
-    threads = [threading.Thread(target=tf_client, args=(i,)) for i in range(2)]
-    threads += [threading.Thread(target=triton_client, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    try:
+    families = [("tf 0", tfs_grpc), ("tf 1", tfs_grpc), ("triton 0", triton_grpc), ("triton 1", triton_grpc)]
+    with FamilyClients(server, families) as clients:
         for v in range(2, 7):
             affine_version(base, v, build)
             wait_state(server, v, "AVAILABLE")
-            wait_for(lambda: seen.count(v) >= 10, 20, f"version {v} to serve")
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(30)
-    assert errors == [], errors[:5]
-    assert set(range(1, 7)) <= set(seen)
+            wait_for(lambda: clients.count(v) >= 10, 20, f"version {v} to serve")
+    assert clients.errors == [], clients.errors[:5]
+    assert set(range(1, 7)) <= clients.versions()

@@ -1,12 +1,13 @@
 """KServe V2 REST with Triton's own HTTP client (JSON and binary tensors), the repository
 extension, and hot swaps under tritonclient load."""
 
-import threading
+from functools import partial
 
 import httpx
 import numpy as np
 import pytest
 
+from clients import FamilyClients, triton_http
 from conftest import affine_version, status, wait_for, wait_state
 from hotserve.examples import make_two_io
 from hotserve.repository.publish import publish
@@ -156,38 +157,12 @@ def test_hot_swaps_under_tritonclient_http_load(repo, start_server):
     base, build = repo
     affine_version(base, 1, build)
     server = start_server(base)
-    errors, seen = [], []
-    stop = threading.Event()
-
-    def worker(i):
-        c = _client(server)
-        x = np.full((1, 4), float(i), np.float32)
-        last = 0
-        for _ in range(100_000):
-            if stop.is_set():
-                break
-            try:
-                res = _infer(c, x, binary=bool(i % 2), binary_out=bool(i % 2))
-                v = int(res.get_response()["model_version"])
-                if not np.allclose(res.as_numpy("y"), x + v) or v < last:
-                    errors.append(f"client {i}: version {v} after {last}, y={res.as_numpy('y')}")
-                last = v
-                seen.append(v)
-            except Exception as exc:  # every failure is a test failure, recorded with its text
-                errors.append(repr(exc))
-        c.close()
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
-    try:
+    # Odd clients send and receive binary tensors, even ones JSON.
+    families = [(f"client {i}", partial(triton_http, binary=bool(i % 2))) for i in range(3)]
+    with FamilyClients(server, families) as clients:
         for v in range(2, 7):
             affine_version(base, v, build)
             wait_state(server, v, "AVAILABLE")
-            wait_for(lambda: v in seen, 20, f"version {v} to serve")
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(30)
-    assert errors == []
-    assert set(range(1, 7)) <= set(seen)
+            wait_for(lambda: v in clients.versions(), 20, f"version {v} to serve")
+    assert clients.errors == []
+    assert set(range(1, 7)) <= clients.versions()
