@@ -1,4 +1,4 @@
-"""File gates (core/gates.py): warmup.json replays and golden.json checks a version passes
+"""File gates (core/gates/files.py): warmup.json replays and golden.json checks a version passes
 before it goes live. Unit tests call run_file_gates on real servables; end-to-end tests pin
 invariant 2 (a version failing a gate never receives traffic) through a real server."""
 
@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import hotserve.core.manager as _manager
 from conftest import LoadClients, affine_version, status, wait_for, wait_state
-from hotserve.core import gates
+from hotserve.core.gates import files as gates
 from hotserve.core.gates import GOLDEN_FILE, WARMUP_FILE, GateReport, run_file_gates
 from hotserve.errors import LoadError
+from hotserve.protocols import tfserving_rest
 from hotserve.examples import make_affine, make_two_io
 from hotserve.repository.publish import publish
 from hotserve.runtimes.registry import load_servable
 
-MANAGER_CALLS_GATES = "run_file_gates" in Path(_manager.__file__).read_text()
-e2e = pytest.mark.skipif(not MANAGER_CALLS_GATES, reason="manager does not call run_file_gates yet")
+# The file gates run in every server's gate pipeline (core/gates/standard.py).
+e2e = pytest.mark.e2e
 
 X = [[1.0, 2.0, 3.0, 4.0]]
 
@@ -105,7 +105,7 @@ def gate():
         s = Counting(load_servable(version_dir))
         loaded.append(s)
         try:
-            return s, run_file_gates(s, version_dir)
+            return s, run_file_gates(s, version_dir, tfserving_rest)
         except LoadError as exc:
             return s, exc
 

@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 
 from conftest import status, wait_for, wait_state
-from hotserve.core.validation import validate
+from hotserve.core.gates.validation import validate
 from hotserve.errors import Code, HotserveError, InvalidArgument, LoadError
 from hotserve.repository.publish import publish
 from hotserve.runtimes.registry import RuntimeOptions, detect_runtime, load_servable

@@ -103,7 +103,7 @@ def tree_pids(root: int) -> list[int]:
 
 def rss_bytes(pids: list[int]) -> int:
     """Summed RSS of a process tree (hotserve's own reader, per pid)."""
-    from hotserve.core.memory import rss_of
+    from hotserve.observability.process import rss_of
 
     return sum(rss_of(pid) for pid in pids)
 

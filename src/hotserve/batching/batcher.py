@@ -144,12 +144,9 @@ class Batcher:
                     sliced[name] = arr[offset:offset + task.rows]
                 task.result = sliced
                 offset += task.rows
-        except BaseException as exc:  # every request of the batch gets the error, the thread lives on
-            err = exc if isinstance(exc, HotserveError) else HotserveError(
-                f"model {self.model} version {batch.lv.version}: {type(exc).__name__}: {exc}",
-                Code.INVALID_ARGUMENT if type(exc).__name__ in ("InvalidArgument", "ValueError") else Code.INTERNAL)
+        except BaseException as exc:  # every request of the batch gets the error (classified by core.inference)
             for task in tasks:
-                task.result, task.error = None, err
+                task.result, task.error = None, exc
         for task in tasks:
             task.done.set()
 

@@ -4,15 +4,12 @@ request. A file that fails to parse or validate is reported and the running conf
 from __future__ import annotations
 
 import hashlib
-import logging
 import threading
 
 from hotserve.core.config import ConfigError, load_config_file
 from hotserve.core.manager import Manager
 from hotserve.errors import InvalidArgument
-from hotserve.observability import metrics
-
-log = logging.getLogger("hotserve.config")
+from hotserve.observability.events import ConfigReloaded
 
 
 def _digest(path: str) -> str | None:
@@ -27,6 +24,7 @@ class ConfigFileWatcher:
     def __init__(self, path: str, manager: Manager, poll_seconds: float = 0.0, apply_timeout: float = 60.0) -> None:
         self.path = path
         self.manager = manager
+        self.bus = manager.bus
         self.poll_seconds = poll_seconds
         self.apply_timeout = apply_timeout
         self._seen = _digest(path)  # the config the server started with
@@ -48,11 +46,10 @@ class ConfigFileWatcher:
             try:
                 models = load_config_file(self.path)
             except ConfigError as exc:
-                metrics.CONFIG_RELOADS.inc(("invalid",))
+                self.bus.publish(ConfigReloaded("", "invalid", error=f"{self.path} is invalid: {exc}"))
                 raise InvalidArgument(f"{self.path}: {exc}; the running config is unchanged") from None
             result = self.manager.apply_config(models, timeout=self.apply_timeout)
-            metrics.CONFIG_RELOADS.inc(("ok",))
-            log.info("config reloaded from %s: %s", self.path, result, extra={"event": "config_reload", "model": ""})
+            self.bus.publish(ConfigReloaded("", "ok", tuple(m.name for m in models)))
             return {"models": result}
 
     def _run(self) -> None:
@@ -62,8 +59,7 @@ class ConfigFileWatcher:
             if digest is None:
                 if not unreadable:
                     unreadable = True
-                    log.warning("config file %s is unreadable; keeping the running config until it is back", self.path,
-                                extra={"event": "config_unreadable", "model": ""})
+                    self.bus.publish(ConfigReloaded("", "unreadable", error=f"config file {self.path} is unreadable"))
                 continue
             unreadable = False
             if digest == self._seen:
@@ -73,16 +69,11 @@ class ConfigFileWatcher:
                 try:
                     models = load_config_file(self.path)
                 except ConfigError as exc:
-                    metrics.CONFIG_RELOADS.inc(("invalid",))
-                    log.error("config file %s changed but is invalid (%s); keeping the running config", self.path, exc,
-                              extra={"event": "config_invalid", "model": ""})
+                    self.bus.publish(ConfigReloaded("", "invalid", error=f"config file {self.path} changed but is invalid ({exc})"))
                     continue
                 try:
                     self.manager.apply_config(models)
-                except Exception:
-                    metrics.CONFIG_RELOADS.inc(("failed",))
-                    log.exception("applying config from %s failed", self.path)
+                except Exception as exc:
+                    self.bus.publish(ConfigReloaded("", "failed", error=f"applying config from {self.path} failed: {exc!r}"))
                     continue
-                metrics.CONFIG_RELOADS.inc(("ok",))
-                log.info("config file %s changed: now serving models %s", self.path, [m.name for m in models],
-                         extra={"event": "config_reload", "model": ""})
+                self.bus.publish(ConfigReloaded("", "ok", tuple(m.name for m in models)))

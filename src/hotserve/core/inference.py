@@ -1,5 +1,10 @@
 """Running one request on one bound version: check inputs, run (directly or through the
-model's batcher), classify failures, and record the outcome in the version's stats."""
+model's batcher), classify failures, and record the outcome in the version's stats.
+
+Failures are classified here and nowhere else: input checks raise InvalidArgument (400); a
+runtime's own InvalidArgument status (ONNX Runtime, TensorFlow: the graph refused the input) is
+the client's too; anything else a model raises is its own bug, INTERNAL (500), with the version.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,17 @@ from hotserve.core.loaded import LoadedVersion
 from hotserve.errors import Code, HotserveError, InvalidArgument
 from hotserve.runtimes.base import DEFAULT_SIGNATURE, check_inputs, get_signature
 
-# Runtime exception class names that mean "the input was wrong" rather than "the server broke".
-_CLIENT_FAULTS = {"InvalidArgument", "ValueError", "TypeError", "IndexError"}
+# Exception class names runtimes use for "the input was wrong" rather than "the model broke"
+# (onnxruntime's InvalidArgument, TensorFlow's InvalidArgumentError).
+_CLIENT_FAULTS = {"InvalidArgument", "InvalidArgumentError"}
+
+
+def model_error(exc: Exception, model: str, version: int) -> HotserveError:
+    """A model's (or runtime's) exception as a HotserveError with the fitting code."""
+    if isinstance(exc, HotserveError):
+        return exc
+    code = Code.INVALID_ARGUMENT if type(exc).__name__ in _CLIENT_FAULTS else Code.INTERNAL
+    return HotserveError(f"model {model} version {version}: {type(exc).__name__}: {exc}", code)
 
 
 def _observed(lv: LoadedVersion, call: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -28,8 +42,7 @@ def _observed(lv: LoadedVersion, call: Callable[[], dict[str, np.ndarray]]) -> d
     except HotserveError:
         raise
     except Exception as exc:
-        code = Code.INVALID_ARGUMENT if type(exc).__name__ in _CLIENT_FAULTS else Code.INTERNAL
-        raise HotserveError(f"model {lv.model} version {lv.version}: {type(exc).__name__}: {exc}", code) from exc
+        raise model_error(exc, lv.model, lv.version) from exc
     finally:
         lv.stats.record(ok, time.perf_counter() - t0)
 

@@ -1,7 +1,8 @@
 """The route table: an immutable snapshot of one model's routable versions, labels and canary
 split.
 
-The manager builds a new table and swaps it in with one attribute assignment; readers take
+The model manager builds a new table from the planner's TableSpec and swaps it in with one
+attribute assignment (ModelManager._publish, the only place that assigns it); readers take
 whatever table is current without a lock, then acquire a handle on the version they picked.
 """
 
@@ -12,6 +13,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from hotserve.core.loaded import LoadedVersion
+from hotserve.core.planner import TableSpec
 from hotserve.errors import NotFound, Unavailable
 
 
@@ -22,6 +24,25 @@ class RouteTable:
     labels: dict[str, LoadedVersion] = field(default_factory=dict)
     canary: LoadedVersion | None = None
     canary_weight: float = 0.0  # percent of default-routed requests
+
+    @classmethod
+    def from_spec(cls, spec: TableSpec, loaded: dict[int, LoadedVersion]) -> "RouteTable":
+        return cls(
+            {v: loaded[v] for v in spec.versions},
+            loaded[spec.default] if spec.default is not None else None,
+            {label: loaded[v] for label, v in spec.labels.items()},
+            loaded[spec.canary] if spec.canary is not None else None,
+            spec.canary_weight,
+        )
+
+    def spec(self) -> TableSpec:
+        return TableSpec(
+            frozenset(self.versions),
+            self.default.version if self.default is not None else None,
+            {label: lv.version for label, lv in self.labels.items()},
+            self.canary.version if self.canary is not None else None,
+            self.canary_weight,
+        )
 
     def pick(self, model: str, version: int | None, label: str | None = None, key: str | None = None) -> LoadedVersion:
         if label is not None:

@@ -13,6 +13,9 @@ import math
 import threading
 from typing import Iterable
 
+from hotserve.observability import events
+from hotserve.observability.process import rss_of
+
 LabelValues = tuple[str, ...]
 
 
@@ -184,6 +187,8 @@ BATCH_QUEUE_SECONDS = REGISTRY.add(Histogram(
     "hotserve_batch_queue_seconds", "Time from a batch's first request to its run.",
     ("model",), (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5)))
 CONFIG_RELOADS = REGISTRY.add(Counter("hotserve_config_reloads_total", "Model config reloads by outcome.", ("outcome",)))
+GATES = REGISTRY.add(Counter("hotserve_gate_results_total", "Gate verdicts on versions by gate and outcome.",
+                             ("model", "gate", "outcome")))
 STORAGE_OUTAGES = REGISTRY.add(Counter("hotserve_storage_outages_total",
                                        "Times a model's base path became unreadable (served versions kept).", ("model",)))
 
@@ -194,8 +199,6 @@ WORKER = "0"  # this process's worker id (--num_workers)
 
 
 def render() -> bytes:
-    from hotserve.core.memory import rss_of
-
     PROCESS_RSS.set((WORKER,), rss_of())
     return REGISTRY.render()
 
@@ -220,3 +223,47 @@ def forget_version(model: str, version: int) -> None:
         VERSION_STATE.remove((model, v, s))
     for kind in ("measured", "estimate"):
         VERSION_MEMORY.remove((model, v, kind))
+
+
+def _on_event(record: events.Record) -> None:
+    """Metrics as a subscriber of the event bus: everything but requests is counted from events."""
+    ev = record.event
+    if isinstance(ev, events.VersionStateChanged):
+        set_version_state(ev.model, ev.version, ev.state)
+    elif isinstance(ev, events.VersionForgotten):
+        forget_version(ev.model, ev.version)
+    elif isinstance(ev, events.LoadFinished):
+        LOADS.inc((ev.model, "ok"))
+        LOAD_SECONDS.observe((ev.model, "ok"), ev.seconds)
+        VERSION_MEMORY.set((ev.model, str(ev.version), "measured"), ev.memory_bytes)
+        VERSION_MEMORY.set((ev.model, str(ev.version), "estimate"), ev.file_bytes)
+    elif isinstance(ev, events.LoadFailed):
+        LOADS.inc((ev.model, ev.outcome))
+        if ev.outcome == "failed":
+            LOAD_SECONDS.observe((ev.model, "failed"), ev.seconds)
+    elif isinstance(ev, events.Unloaded):
+        VERSION_MEMORY.remove((ev.model, str(ev.version), "measured"))
+    elif isinstance(ev, events.GateResult):
+        GATES.inc((ev.model, ev.gate, "passed" if ev.passed else "failed"))
+        if ev.gate == "warmup":
+            WARMUP_LATENCY.observe((ev.model, "ok" if ev.passed else "failed"), ev.seconds * 1e6)
+    elif isinstance(ev, events.Swapped):
+        SWAPS.inc((ev.model,))
+        CANARY_WEIGHT.remove_where(ev.model)
+        if ev.canary is not None and ev.default is not None:
+            CANARY_WEIGHT.set((ev.model, str(ev.default), str(ev.canary)), ev.canary_weight)
+    elif isinstance(ev, events.CanaryDecision):
+        if ev.decision != "start":
+            CANARY_DECISIONS.inc((ev.model, ev.decision))
+    elif isinstance(ev, events.Rollback):
+        ROLLBACKS.inc((ev.model, ev.reason))
+    elif isinstance(ev, events.StorageOutage):
+        if not ev.ended:
+            STORAGE_OUTAGES.inc((ev.model,))
+    elif isinstance(ev, events.ConfigReloaded):
+        CONFIG_RELOADS.inc((ev.outcome,))
+
+
+def subscribe(bus: events.EventBus = events.BUS):
+    """Count the bus's events into the registry; returns the unsubscribe function."""
+    return bus.subscribe(_on_event)

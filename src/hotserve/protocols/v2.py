@@ -18,6 +18,9 @@ from hotserve.errors import InvalidArgument
 from hotserve.protocols.json_body import parse_object
 from hotserve.runtimes.base import Signature
 
+# The KServe V2 extensions hotserve implements (server metadata lists them).
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
+
 # Triton's binary tensor extension: the JSON part's length, in requests and responses.
 BINARY_HEADER = b"inference-header-content-length"
 

@@ -17,6 +17,10 @@ from hotserve.repository.storage import FileStat, Storage, StorageUnavailable
 
 log = logging.getLogger("hotserve.repository")
 
+# Written first by a publish on a store without rename, removed after the manifest: a version
+# holding it and no matching manifest is being uploaded and never settles.
+PUBLISHING_MARKER = ".hotserve_publishing"
+
 Fingerprint = tuple[tuple[str, int, int], ...]
 
 
@@ -74,10 +78,10 @@ class VersionScanner:
                 continue
             version = int(name)
             present.add(version)
-            self._classify(version, os.path.join(self.base_path, name), now, result)
+            self._classify(version, self.storage.join(self.base_path, name), now, result)
         for gone in set(self._seen_since) - present:
             del self._seen_since[gone]
-        live = {os.path.join(self.base_path, str(v)) for v in present}
+        live = {self.storage.join(self.base_path, str(v)) for v in present}
         for gone in set(self._manifests) - live:
             del self._manifests[gone]
         return result
@@ -89,7 +93,7 @@ class VersionScanner:
         cached = self._manifests.get(path)
         if cached is not None and cached[0] == key:
             return cached[1]
-        doc = manifest.parse_manifest(self.storage.read_bytes(os.path.join(path, manifest.MANIFEST_NAME)), path)
+        doc = manifest.parse_manifest(self.storage.read_bytes(self.storage.join(path, manifest.MANIFEST_NAME)), path)
         self._manifests[path] = (key, doc)
         return doc
 
@@ -111,6 +115,9 @@ class VersionScanner:
                     return
             except Exception:  # a manifest mid-write or corrupt: fall through to the settle rule
                 pass
+        if any(f.relpath == PUBLISHING_MARKER for f in files):
+            result.pending[version] = "being published (upload in progress)"
+            return
         # Hand-copied (or manifest not matching yet): complete only once unchanged for the settle time.
         seen = self._seen_since.get(version)
         if seen is None or seen[0] != fp:

@@ -1,7 +1,9 @@
 """Watch a base path and report its complete versions whenever they change.
 
 Local directories are watched with inotify (watchdog) so a publish is seen in milliseconds;
-a poll every `poll_wait_seconds` backs it up (and is all there is where inotify is not).
+a poll every `poll_wait_seconds` backs it up (and is all there is where inotify is not, e.g.
+object stores). Each cycle also runs the probes registered with it (the routing store's
+change check), so one thread per model watches everything that lives beside the versions.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import threading
 import time
 from typing import Callable
 
-from hotserve.repository import routing_state
 from hotserve.repository.scanner import ScanResult, VersionScanner
 from hotserve.repository.storage import StorageUnavailable
 
@@ -32,13 +33,13 @@ class RepositoryWatcher:
         on_outage: Callable[[str], None],
         poll_wait_seconds: float = 1.0,
         use_inotify: bool = True,
-        on_routing_change: Callable[[], None] | None = None,
+        on_recovered: Callable[[], None] | None = None,
     ) -> None:
         self.scanner = scanner
         self.on_scan = on_scan
         self.on_outage = on_outage
         self.poll_wait_seconds = max(0.01, poll_wait_seconds)
-        self.use_inotify = use_inotify
+        self.use_inotify = use_inotify and scanner.storage.local
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"watch-{scanner.model}", daemon=True)
@@ -47,8 +48,16 @@ class RepositoryWatcher:
         self._last_key: tuple | None = None
         self._in_outage = False
         self._scan_lock = threading.Lock()
-        self.on_routing_change = on_routing_change
-        self._routing_stamp = routing_state.stamp(scanner.base_path)
+        self.on_recovered = on_recovered
+        self._probes: list[Callable[[], None]] = []
+
+    def add_probe(self, probe: Callable[[], None]) -> None:
+        """Run probe() every cycle, after the scan (it must be cheap and must not raise)."""
+        self._probes.append(probe)
+
+    def wake(self) -> None:
+        """Scan now rather than at the next poll."""
+        self._wake.set()
 
     def start(self) -> None:
         self._thread.start()
@@ -122,18 +131,21 @@ class RepositoryWatcher:
             except Exception:
                 log.exception("model %s: scanning %s failed", self.scanner.model, self.scanner.base_path)
             else:
-                self._in_outage = False
+                if self._in_outage:
+                    self._in_outage = False
+                    if self.on_recovered is not None:
+                        self.on_recovered()
                 key = result.key()
                 if key != self._last_key:
                     self._last_key = key
                     self.on_scan(result)
                 if result.next_check_in is not None:
                     wait = min(wait, result.next_check_in + 0.005)
-                stamp = routing_state.stamp(self.scanner.base_path)
-                if stamp != self._routing_stamp:
-                    self._routing_stamp = stamp
-                    if self.on_routing_change is not None:
-                        self.on_routing_change()
+                for probe in self._probes:
+                    try:
+                        probe()
+                    except Exception:
+                        log.exception("model %s: watcher probe failed", self.scanner.model)
             if self._wake.wait(wait):
                 time.sleep(_DEBOUNCE_SECONDS)
                 self._wake.clear()

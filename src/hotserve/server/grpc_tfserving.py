@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import grpc
 
+from hotserve.core import config as cfg
 from hotserve.core import inference
-from hotserve.core.manager import Manager
 from hotserve.errors import InvalidArgument
-from hotserve.server.auth import AdminAuth
 from hotserve.protocols import tf_examples
 from hotserve.protocols import tfserving_grpc as codec
 from hotserve.protos.tensorflow_serving.apis import (
@@ -22,69 +19,69 @@ from hotserve.protos.tensorflow_serving.apis import (
     regression_pb2,
 )
 from hotserve.runtimes.base import DEFAULT_SIGNATURE
+from hotserve.server.context import ServerContext
+from hotserve.server.frame import Call
+from hotserve.server.grpc_handlers import KEY_METADATA, framed, unary
 
 
-KEY_METADATA = "x-request-key"
+def _call(spec, api: str, meta: dict) -> Call:
+    if not spec.name:
+        raise InvalidArgument("model_spec.name is empty; name the model to call")
+    version, label = codec.requested_version(spec)
+    return Call(spec.name, version, label, meta.get(KEY_METADATA), api, "GRPC")
 
 
 class PredictionService:
-    def __init__(self, manager: Manager) -> None:
-        self.manager = manager
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
 
-    def _acquire(self, spec, meta: dict | None = None):
-        if not spec.name:
-            raise InvalidArgument("model_spec.name is empty; name the model to call")
-        version, label = codec.requested_version(spec)
-        return self.manager.acquire(spec.name, version, label, (meta or {}).get(KEY_METADATA))
+    @staticmethod
+    def Predict(req: predict_pb2.PredictRequest, meta: dict):
+        sig_name = req.model_spec.signature_name or DEFAULT_SIGNATURE
 
-    def Predict(self, req: predict_pb2.PredictRequest, meta: dict) -> predict_pb2.PredictResponse:
-        inputs = codec.decode_predict(req)
-        lv = self._acquire(req.model_spec, meta)
-        try:
-            sig_name = req.model_spec.signature_name or DEFAULT_SIGNATURE
+        def execute(lv, inputs):
             outputs = inference.predict(lv, inputs, sig_name)
             return codec.encode_predict(req.model_spec.name, lv.version, sig_name, outputs, req.output_filter)
-        finally:
-            lv.release()
+
+        return _call(req.model_spec, "predict", meta), lambda: codec.decode_predict(req), execute
 
     def GetModelMetadata(self, req: get_model_metadata_pb2.GetModelMetadataRequest,
                          meta: dict) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        lv = self._acquire(req.model_spec)
+        if not req.model_spec.name:
+            raise InvalidArgument("model_spec.name is empty; name the model to call")
+        lv = self.ctx.manager.acquire(req.model_spec.name, *codec.requested_version(req.model_spec))
         try:
             return codec.encode_metadata(req.model_spec.name, lv.version, lv.servable.signatures, req.metadata_field)
         finally:
             lv.release()
 
-    def _examples(self, method: str, req, meta: dict, response_cls, result):
+    @staticmethod
+    def _examples(method: str, response_cls, result):
         """Classify or Regress: run the request's Examples on one bound version and build the response."""
-        examples = tf_examples.serialized_examples(req.input)
-        lv = self._acquire(req.model_spec, meta)
-        try:
+
+        def plan(req, meta: dict):
             sig_name = req.model_spec.signature_name or DEFAULT_SIGNATURE
-            outputs = inference.run_examples(lv, method, examples, sig_name)
-        finally:
-            lv.release()
-        resp = response_cls()
-        codec.fill_spec(resp.model_spec, req.model_spec.name, lv.version, sig_name)
-        resp.result.CopyFrom(result(outputs, len(examples)))
-        return resp
 
-    def Classify(self, req: classification_pb2.ClassificationRequest, meta: dict) -> classification_pb2.ClassificationResponse:
-        return self._examples("classify", req, meta, classification_pb2.ClassificationResponse,
-                              tf_examples.classification_result)
+            def execute(lv, examples):
+                outputs = inference.run_examples(lv, method, examples, sig_name)
+                resp = response_cls()
+                codec.fill_spec(resp.model_spec, req.model_spec.name, lv.version, sig_name)
+                resp.result.CopyFrom(result(outputs, len(examples)))
+                return resp
 
-    def Regress(self, req: regression_pb2.RegressionRequest, meta: dict) -> regression_pb2.RegressionResponse:
-        return self._examples("regress", req, meta, regression_pb2.RegressionResponse, tf_examples.regression_result)
+            return _call(req.model_spec, method, meta), lambda: tf_examples.serialized_examples(req.input), execute
 
-    def MultiInference(self, req: inference_pb2.MultiInferenceRequest, meta: dict) -> inference_pb2.MultiInferenceResponse:
+        return plan
+
+    @staticmethod
+    def MultiInference(req: inference_pb2.MultiInferenceRequest, meta: dict):
         if not req.tasks:
             raise InvalidArgument("MultiInferenceRequest has no tasks")
         names = {t.model_spec.name for t in req.tasks}
         if len(names) != 1:
             raise InvalidArgument(f"all MultiInference tasks must name the same model, got {sorted(names)}")
-        examples = tf_examples.serialized_examples(req.input)
-        lv = self._acquire(req.tasks[0].model_spec, meta)  # one version serves every task
-        try:
+
+        def execute(lv, examples):  # one version serves every task
             resp = inference_pb2.MultiInferenceResponse()
             for task in req.tasks:
                 sig_name = task.model_spec.signature_name or DEFAULT_SIGNATURE
@@ -99,21 +96,20 @@ class PredictionService:
                 else:
                     result.regression_result.CopyFrom(tf_examples.regression_result(outputs, len(examples)))
             return resp
-        finally:
-            lv.release()
+
+        call = _call(req.tasks[0].model_spec, "multi_inference", meta)
+        return call, lambda: tf_examples.serialized_examples(req.input), execute
 
 
 class ModelService:
-    def __init__(self, manager: Manager, auth: AdminAuth, reload_timeout_seconds: float) -> None:
-        self.manager = manager
-        self.auth = auth
-        self.reload_timeout_seconds = reload_timeout_seconds
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
 
     def GetModelStatus(self, req: get_model_status_pb2.GetModelStatusRequest,
                        meta: dict) -> get_model_status_pb2.GetModelStatusResponse:
         if not req.model_spec.name:
             raise InvalidArgument("model_spec.name is empty; name the model whose status you want")
-        mm = self.manager.get(req.model_spec.name)
+        mm = self.ctx.manager.get(req.model_spec.name)
         version, label = codec.requested_version(req.model_spec)
         if label is not None:
             version = mm.label_version(label)
@@ -123,42 +119,34 @@ class ModelService:
                                   meta: dict) -> model_management_pb2.ReloadConfigResponse:
         """Apply a new model_config_list and wait, bounded, until its models are available
         (TF Serving's version of this RPC can hang forever; this one answers)."""
-        from hotserve.core import config as cfg
-
-        self.auth.check(meta.get("authorization"))
+        self.ctx.auth.check(meta.get("authorization"))
         try:
             models = cfg.from_proto(req.config)
         except cfg.ConfigError as exc:
             raise InvalidArgument(f"invalid config: {exc}") from None
-        self.manager.apply_config(models, timeout=self.reload_timeout_seconds)
+        self.ctx.manager.apply_config(models, timeout=self.ctx.reload_timeout_seconds)
         return model_management_pb2.ReloadConfigResponse()
 
 
-def handlers(manager: Manager, executor: ThreadPoolExecutor, auth: AdminAuth,
-             reload_timeout_seconds: float) -> list[grpc.GenericRpcHandler]:
-    from hotserve.server.grpc_server import unary
-
-    ps, ms = PredictionService(manager), ModelService(manager, auth, reload_timeout_seconds)
+def handlers(ctx: ServerContext) -> list[grpc.GenericRpcHandler]:
+    ps, ms = PredictionService(ctx), ModelService(ctx)
     return [
         grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {
-            "Predict": unary(ps.Predict, predict_pb2.PredictRequest, predict_pb2.PredictResponse, executor, "predict",
-                             manager),
+            "Predict": framed(ps.Predict, predict_pb2.PredictRequest, predict_pb2.PredictResponse, ctx),
             "GetModelMetadata": unary(ps.GetModelMetadata, get_model_metadata_pb2.GetModelMetadataRequest,
-                                      get_model_metadata_pb2.GetModelMetadataResponse, executor),
-            "Classify": unary(ps.Classify, classification_pb2.ClassificationRequest,
-                              classification_pb2.ClassificationResponse, executor, "classify"),
-            "Regress": unary(ps.Regress, regression_pb2.RegressionRequest, regression_pb2.RegressionResponse, executor,
-                             "regress"),
-            "MultiInference": unary(ps.MultiInference, inference_pb2.MultiInferenceRequest,
-                                    inference_pb2.MultiInferenceResponse, executor, "multi_inference"),
+                                      get_model_metadata_pb2.GetModelMetadataResponse, ctx),
+            "Classify": framed(ps._examples("classify", classification_pb2.ClassificationResponse,
+                                            tf_examples.classification_result),
+                               classification_pb2.ClassificationRequest, classification_pb2.ClassificationResponse, ctx),
+            "Regress": framed(ps._examples("regress", regression_pb2.RegressionResponse, tf_examples.regression_result),
+                              regression_pb2.RegressionRequest, regression_pb2.RegressionResponse, ctx),
+            "MultiInference": framed(ps.MultiInference, inference_pb2.MultiInferenceRequest,
+                                     inference_pb2.MultiInferenceResponse, ctx),
         }),
         grpc.method_handlers_generic_handler("tensorflow.serving.ModelService", {
             "GetModelStatus": unary(ms.GetModelStatus, get_model_status_pb2.GetModelStatusRequest,
-                                    get_model_status_pb2.GetModelStatusResponse, executor),
+                                    get_model_status_pb2.GetModelStatusResponse, ctx),
             "HandleReloadConfigRequest": unary(ms.HandleReloadConfigRequest, model_management_pb2.ReloadConfigRequest,
-                                               model_management_pb2.ReloadConfigResponse, executor),
+                                               model_management_pb2.ReloadConfigResponse, ctx),
         }),
     ]
-
-
-

@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import grpc
 
 from hotserve import __version__
-from hotserve.core import inference
-from hotserve.core.manager import Manager
+from hotserve.core import control, inference
 from hotserve.protocols import v2
 from hotserve.protocols import v2_grpc as codec
 from hotserve.protos.inference import grpc_service_pb2 as pb
 from hotserve.runtimes.base import get_signature
-from hotserve.server.auth import AdminAuth
-from hotserve.server.grpc_tfserving import KEY_METADATA
-from hotserve.server.rest_v2 import EXTENSIONS
+from hotserve.server.context import ServerContext
+from hotserve.server.frame import Call
+from hotserve.server.grpc_handlers import KEY_METADATA, framed, unary
 
 
 class InferenceService:
-    def __init__(self, manager: Manager, auth: AdminAuth) -> None:
-        self.manager = manager
-        self.auth = auth
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self.manager = ctx.manager
 
     def ServerLive(self, req: pb.ServerLiveRequest, meta: dict) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -33,7 +30,7 @@ class InferenceService:
         return pb.ModelReadyResponse(ready=self.manager.get(req.name).is_ready(*v2.version_field(req.version)))
 
     def ServerMetadata(self, req: pb.ServerMetadataRequest, meta: dict) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name="hotserve", version=__version__, extensions=EXTENSIONS)
+        return pb.ServerMetadataResponse(name="hotserve", version=__version__, extensions=v2.EXTENSIONS)
 
     def ModelMetadata(self, req: pb.ModelMetadataRequest, meta: dict) -> pb.ModelMetadataResponse:
         mm = self.manager.get(req.name)
@@ -52,14 +49,15 @@ class InferenceService:
         finally:
             lv.release()
 
-    def ModelInfer(self, req: pb.ModelInferRequest, meta: dict) -> pb.ModelInferResponse:
-        inputs = codec.decode_infer(req)
-        lv = self.manager.acquire(req.model_name, *v2.version_field(req.model_version), meta.get(KEY_METADATA))
-        try:
+    @staticmethod
+    def ModelInfer(req: pb.ModelInferRequest, meta: dict):
+        call = Call(req.model_name, *v2.version_field(req.model_version), meta.get(KEY_METADATA), "infer", "GRPC")
+
+        def execute(lv, inputs):
             outputs = inference.predict(lv, inputs, None)
             return codec.encode_infer(req.model_name, lv.version_str, req.id, outputs, [o.name for o in req.outputs])
-        finally:
-            lv.release()
+
+        return call, lambda: codec.decode_infer(req), execute
 
     def RepositoryIndex(self, req: pb.RepositoryIndexRequest, meta: dict) -> pb.RepositoryIndexResponse:
         resp = pb.RepositoryIndexResponse()
@@ -68,24 +66,21 @@ class InferenceService:
         return resp
 
     def RepositoryModelLoad(self, req: pb.RepositoryModelLoadRequest, meta: dict) -> pb.RepositoryModelLoadResponse:
-        self.auth.check(meta.get("authorization"))
-        self.manager.get(req.model_name).request_load()
+        self.ctx.auth.check(meta.get("authorization"))
+        control.request_load(self.manager.get(req.model_name))
         return pb.RepositoryModelLoadResponse()
 
     def RepositoryModelUnload(self, req: pb.RepositoryModelUnloadRequest, meta: dict) -> pb.RepositoryModelUnloadResponse:
-        self.auth.check(meta.get("authorization"))
-        self.manager.get(req.model_name).request_unload()
+        self.ctx.auth.check(meta.get("authorization"))
+        control.request_unload(self.manager.get(req.model_name))
         return pb.RepositoryModelUnloadResponse()
 
 
-def handlers(manager: Manager, executor: ThreadPoolExecutor, auth: AdminAuth) -> list[grpc.GenericRpcHandler]:
-    from hotserve.server.grpc_server import unary
-
-    svc = InferenceService(manager, auth)
+def handlers(ctx: ServerContext) -> list[grpc.GenericRpcHandler]:
+    svc = InferenceService(ctx)
     methods = {}
     for name in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
                  "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"):
-        infer = name == "ModelInfer"
-        methods[name] = unary(getattr(svc, name), getattr(pb, f"{name}Request"), getattr(pb, f"{name}Response"), executor,
-                              "infer" if infer else None, manager if infer else None)
+        wrap = framed if name == "ModelInfer" else unary
+        methods[name] = wrap(getattr(svc, name), getattr(pb, f"{name}Request"), getattr(pb, f"{name}Response"), ctx)
     return [grpc.method_handlers_generic_handler("inference.GRPCInferenceService", methods)]

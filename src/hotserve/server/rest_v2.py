@@ -4,24 +4,20 @@ repository extensions."""
 from __future__ import annotations
 
 import zlib
-from typing import TYPE_CHECKING
 
 import orjson
 
 from hotserve import __version__
-from hotserve.core import inference
-from hotserve.core.manager import Manager
+from hotserve.core import control, inference
 from hotserve.errors import InvalidArgument, MethodNotAllowed, NotFound
 from hotserve.protocols import v2
 from hotserve.protocols.json_body import parse_object
 from hotserve.runtimes.base import get_signature
-
 from hotserve.server.asgi import Reply, header, read_body
+from hotserve.server.context import ServerContext
+from hotserve.server.frame import Call
+from hotserve.server.rest_tfserving import KEY_HEADER, reply_of
 
-if TYPE_CHECKING:
-    from hotserve.server.rest import RestApp
-
-EXTENSIONS = ["binary_tensor_data", "model_repository"]
 _OCTET = (b"content-type", b"application/octet-stream")
 
 
@@ -43,14 +39,14 @@ def _decompress(body: bytes, encoding: str | None) -> bytes:
 
 
 class V2Routes:
-    def __init__(self, manager: Manager, app: "RestApp") -> None:
-        self.manager = manager
-        self.app = app
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self.manager = ctx.manager
 
     async def dispatch(self, path: str, method: str, scope, receive) -> Reply:
         parts = path.strip("/").split("/")[1:]  # drop "v2"
         if not parts:
-            return _json(200, {"name": "hotserve", "version": __version__, "extensions": EXTENSIONS})
+            return _json(200, {"name": "hotserve", "version": __version__, "extensions": v2.EXTENSIONS})
         if parts[0] == "models" and len(parts) >= 2:
             name, rest = parts[1], parts[2:]
             target: tuple[int | None, str | None] = (None, None)  # (version, label)
@@ -59,11 +55,11 @@ class V2Routes:
             if rest == ["infer"]:
                 self._method(method, "POST")
                 body = await read_body(receive)
-                hdr = header(scope, v2.BINARY_HEADER)
-                enc = header(scope, b"content-encoding")
-                key = header(scope, b"x-request-key")
-                return await self.app.infer(name, len(body), self.app.observed, "infer", name, self._infer, name, target,
-                                            key, body, hdr, enc)
+                call = Call(name, *target, header(scope, KEY_HEADER), "infer", "REST", len(body))
+                prepare, execute = self._infer(name, body, header(scope, v2.BINARY_HEADER),
+                                               header(scope, b"content-encoding"))
+                done = await self.ctx.frame.run(call, prepare, execute, self.ctx.timeout_seconds, "--rest_api_timeout_in_ms")
+                return reply_of(done)
             self._method(method, "GET")
             if rest == ["ready"]:
                 return self._model_ready(name, target)
@@ -75,11 +71,10 @@ class V2Routes:
                 doc = parse_object(await read_body(receive), 'a JSON object like {"ready": true}', empty={})
                 return _json(200, v2.repository_index(self.manager.models, doc.get("ready") is True))
             if len(parts) == 4 and parts[1] == "models" and parts[3] in ("load", "unload"):
-                self.app.admin.auth.check(header(scope, b"authorization"))
+                self.ctx.auth.check(header(scope, b"authorization"))
                 mm = self.manager.get(parts[2])
                 await read_body(receive)
-                fn = mm.request_load if parts[3] == "load" else mm.request_unload
-                await self.app.run(fn, bounded=False)
+                await self.ctx.blocking(control.request_load if parts[3] == "load" else control.request_unload, mm)
                 return _json(200, {})
         raise NotFound(f"no such V2 endpoint: {method} {path}")
 
@@ -108,8 +103,8 @@ class V2Routes:
         finally:
             lv.release()
 
-    def _infer(self, name: str, target: tuple[int | None, str | None], key: str | None, body: bytes, hdr: str | None,
-               enc: str | None) -> Reply:
+    @staticmethod
+    def _infer(name: str, body: bytes, hdr: str | None, enc: str | None):
         def prepare() -> v2.InferRequest:
             try:
                 header_len = int(hdr) if hdr is not None else None
@@ -117,11 +112,11 @@ class V2Routes:
                 raise InvalidArgument(f"Inference-Header-Content-Length must be an integer, got {hdr!r}") from None
             return v2.decode_infer(_decompress(body, enc), header_len)
 
-        def run(lv, req: v2.InferRequest):
+        def execute(lv, req: v2.InferRequest):
             sig = get_signature(lv.servable, None)
             outputs = v2.select_outputs(inference.predict(lv, req.inputs, None), req.outputs, sig)
             payload, json_len = v2.encode_infer(name, lv.version_str, req, outputs)
             headers = None if json_len is None else [_OCTET, (v2.BINARY_HEADER, str(json_len).encode())]
             return payload, headers
 
-        return self.app.bound(name, *target, key, prepare, run)
+        return prepare, execute

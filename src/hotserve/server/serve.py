@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from hotserve.core.config import ModelConfig
 from hotserve.core.config_watcher import ConfigFileWatcher
 from hotserve.core.manager import Manager, ManagerOptions
-from hotserve.observability import metrics
-from hotserve.server.admin import AdminRoutes
-from hotserve.server.auth import AdminAuth
+from hotserve.observability import events, metrics
+from hotserve.protocols import tfserving_rest
+from hotserve.server.context import build_context
+from hotserve.server.grpc_server import GrpcServer
 from hotserve.server.rest import RestApp
 
 log = logging.getLogger("hotserve.server")
@@ -97,7 +98,10 @@ async def serve(opts: ServeOptions) -> None:
         # A request waits for its batch in a worker thread: enough threads to fill two batches.
         threads = max(threads, min(1024, 2 * max(batch_sizes)))
     executor = ThreadPoolExecutor(threads, thread_name_prefix="rest")
-    manager = Manager(opts.models, opts.manager)
+    metrics.subscribe(events.BUS)
+    events.subscribe_logging(events.BUS, logging.getLogger("hotserve.manager"))
+    # warmup.json and golden.json hold TF Serving REST predict bodies: the REST decoder reads them.
+    manager = Manager(opts.models, opts.manager, decoder=tfserving_rest)
     loop = asyncio.get_running_loop()
     if opts.worker_id is not None:
         # A worker joins the shared port only once it can answer, so the kernel never routes a
@@ -112,17 +116,15 @@ async def serve(opts: ServeOptions) -> None:
     host, port = sock.getsockname()[:2]
     watcher = ConfigFileWatcher(opts.config_file, manager, opts.config_poll_seconds,
                                 opts.reload_timeout_seconds) if opts.config_file else None
-    app = RestApp(manager, executor, opts.rest_api_timeout_seconds)
-    app.admin = AdminRoutes(manager, app, opts.admin_token, watcher.reload_now if watcher else None)
+    ctx = build_context(manager, executor, opts.admin_token, opts.rest_api_timeout_seconds,
+                        opts.reload_timeout_seconds, watcher.reload_now if watcher else None)
+    app = RestApp(ctx)
     metrics.WORKER = str(opts.worker_id or 0)
     rest = _Uvicorn(app, sock)
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, rest.stop)
-    from hotserve.server.grpc_server import GrpcServer
-
-    grpc_server = GrpcServer(manager, executor, opts.host, opts.grpc_port, AdminAuth(opts.admin_token),
-                             opts.reload_timeout_seconds, reuse_port=opts.reuse_port)
+    grpc_server = GrpcServer(ctx, opts.host, opts.grpc_port, reuse_port=opts.reuse_port)
     try:
         grpc_port = await grpc_server.start()
     except BaseException:
@@ -134,8 +136,6 @@ async def serve(opts: ServeOptions) -> None:
         watcher.start()
     if not opts.admin_token:
         log.info("management API off (no --admin_token): labels, rollback, load/unload and config reload are refused")
-    for mc in opts.models:
-        log.info("model %s: watching %s", mc.name, manager.models[mc.name].base_path)
     # Tools and tests read these lines to learn the bound ports (they matter with port 0).
     print(f"hotserve: gRPC API listening on {_url_host(host)}:{grpc_port}", flush=True)
     print(f"hotserve: REST API listening on http://{_url_host(host)}:{port}", flush=True)

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 
-from hotserve.core.memory import rss_of
+from hotserve.observability.process import rss_of
 from hotserve.server.serve import bind_socket
 
 log = logging.getLogger("hotserve.workers")

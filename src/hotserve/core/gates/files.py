@@ -1,7 +1,7 @@
 """File gates: checks a version's own directory asks for before it goes live.
 
 They run after validation on synthesized inputs and after the runtime's own warm-up
-(validation.validate / validation.warm_up), and work with every runtime:
+(gates.validation), and work with every runtime:
 
 - ``warmup.json``: a JSON list of TF Serving REST predict bodies, each replayed through
   ``servable.predict`` (``"repeat": N`` replays one N times to warm caches);
@@ -11,9 +11,9 @@ They run after validation on synthesized inputs and after the runtime's own warm
 Both are optional. Any failure raises LoadError, which the manager turns into END with the
 reason in the version's status: the version never receives traffic.
 
-Requests and golden inputs are decoded by protocols.tfserving_rest.decode_predict, the same
-decoder the REST front end uses, so a file holds exactly what a client would send. (This is
-the one place core reads a wire format: the files are written in that format on purpose.)
+Requests and golden inputs are in TF Serving's REST predict format, so a file holds exactly
+what a client would send. The decoder is injected (the server passes protocols.tfserving_rest,
+the one the REST front end uses), so core never imports a protocol.
 """
 
 from __future__ import annotations
@@ -21,16 +21,16 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
+import io
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from hotserve import dtypes
 from hotserve.errors import HotserveError, LoadError
-from hotserve.protocols.tfserving_rest import decode_predict, signature_name
+from hotserve.repository.storage import LocalStorage, Storage, StorageUnavailable
 from hotserve.runtimes.base import DEFAULT_SIGNATURE, Servable, Signature, TensorSpec, check_inputs, get_signature
 
 log = logging.getLogger("hotserve.gates")
@@ -49,6 +49,16 @@ _WARMUP_KEYS = ("signature_name", "instances", "inputs", "repeat")
 _GOLDEN_KEYS = ("tolerance", "cases", "description")
 _CASE_KEYS = ("name", "signature_name", "inputs", "expected")
 _TOLERANCE_KEYS = ("rtol", "atol")
+
+
+class RequestDecoder(Protocol):
+    """Reads a TF Serving REST predict body (protocols.tfserving_rest satisfies this)."""
+
+    def signature_name(self, doc: dict) -> str | None:
+        ...
+
+    def decode_predict(self, doc: dict, sig: Signature) -> tuple[dict[str, np.ndarray], bool]:
+        ...
 
 
 @dataclass
@@ -72,47 +82,61 @@ class GateReport:
         )
 
 
-def run_file_gates(servable: Servable, version_dir: str) -> GateReport:
+def run_file_gates(servable: Servable, version_dir: str, decoder: RequestDecoder) -> GateReport:
     """Replay warmup.json, then check golden.json, for the files version_dir holds.
 
     Raises LoadError naming the file, the request or case index and the reason on any failure.
     """
     report = GateReport()
-    warmup = _read_json(version_dir, WARMUP_FILE)
-    if warmup is not _ABSENT:
-        t0 = time.perf_counter()
-        report.warmup_requests, report.warmup_runs = _run_warmup(servable, warmup)
-        report.warmup_seconds = time.perf_counter() - t0
-    golden = _read_json(version_dir, GOLDEN_FILE)
-    if golden is not _ABSENT:
-        t0 = time.perf_counter()
-        report.golden_cases = _run_golden(servable, golden)
-        report.golden_seconds = time.perf_counter() - t0
-    if warmup is not _ABSENT or golden is not _ABSENT:
-        log.info("%s: file gates passed: %s", version_dir, report.summary(),
-                 extra={"event": "file_gates_done"})
+    report.warmup_requests, report.warmup_runs, report.warmup_seconds = run_warmup_file(servable, version_dir, decoder)
+    report.golden_cases, report.golden_seconds = run_golden_file(servable, version_dir, decoder)
     return report
+
+
+def run_warmup_file(servable: Servable, version_dir: str, decoder: RequestDecoder) -> tuple[int, int, float]:
+    """(requests, runs, seconds) of replaying warmup.json; all zero without the file."""
+    warmup = _read_json(version_dir, WARMUP_FILE)
+    if warmup is _ABSENT:
+        return 0, 0, 0.0
+    t0 = time.perf_counter()
+    requests, runs = _run_warmup(servable, warmup, decoder)
+    return requests, runs, time.perf_counter() - t0
+
+
+def run_golden_file(servable: Servable, version_dir: str, decoder: RequestDecoder) -> tuple[int, float]:
+    """(cases passed, seconds) of checking golden.json; zero without the file."""
+    golden = _read_json(version_dir, GOLDEN_FILE)
+    if golden is _ABSENT:
+        return 0, 0.0
+    t0 = time.perf_counter()
+    cases = _run_golden(servable, golden, decoder)
+    return cases, time.perf_counter() - t0
 
 
 # -- reading -----------------------------------------------------------------------------------
 _ABSENT = object()
 
 
-def _read_json(version_dir: str, name: str) -> Any:
-    path = os.path.join(version_dir, name)
-    if not os.path.lexists(path):
+def has_file(version_dir: str, name: str, storage: Storage = LocalStorage()) -> bool:
+    return storage.exists(storage.join(version_dir, name))
+
+
+def _read_json(version_dir: str, name: str, storage: Storage = LocalStorage()) -> Any:
+    path = storage.join(version_dir, name)
+    if not storage.exists(path):
         return _ABSENT
-    if not os.path.isfile(path):
-        raise LoadError(f"{name}: {path} is not a regular file")
     limit = MAX_FILE_BYTES
     try:
-        size = os.path.getsize(path)
-        if size > limit:
-            raise LoadError(_too_large(name, size, limit))
-        with open(path, "rb") as f:
+        with storage.open_read(path) as f:
+            size = f.seek(0, io.SEEK_END)
+            if size > limit:
+                raise LoadError(_too_large(name, size, limit))
+            f.seek(0)
             data = f.read(limit + 1)
-    except OSError as exc:
-        raise LoadError(f"{name}: cannot read {path}: {exc.strerror or exc}") from exc
+    except IsADirectoryError:
+        raise LoadError(f"{name}: {path} is not a regular file") from None
+    except (OSError, StorageUnavailable) as exc:
+        raise LoadError(f"{name}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from exc
     if len(data) > limit:  # grew while we looked
         raise LoadError(_too_large(name, len(data), limit))
     try:
@@ -161,7 +185,7 @@ def _unknown_keys(obj: dict, allowed: tuple[str, ...], where: str) -> None:
 
 
 # -- warmup.json -------------------------------------------------------------------------------
-def _run_warmup(servable: Servable, doc: Any) -> tuple[int, int]:
+def _run_warmup(servable: Servable, doc: Any, decoder: RequestDecoder) -> tuple[int, int]:
     if not isinstance(doc, list):
         raise LoadError(
             f"{WARMUP_FILE} must be a JSON array of TF Serving REST predict requests "
@@ -177,9 +201,9 @@ def _run_warmup(servable: Servable, doc: Any) -> tuple[int, int]:
         if isinstance(repeat, bool) or not isinstance(repeat, int) or not 1 <= repeat <= MAX_REPEAT:
             raise LoadError(f"{where}: \"repeat\" must be an integer from 1 to {MAX_REPEAT}, got {json.dumps(repeat)}")
         try:
-            sig_name = signature_name(req)
+            sig_name = decoder.signature_name(req)
             sig = get_signature(servable, sig_name)
-            inputs, _ = decode_predict(req, sig)
+            inputs, _ = decoder.decode_predict(req, sig)
             check_inputs(sig, inputs)
         except Exception as exc:
             raise LoadError(f"{where} is invalid: {_why(exc)}") from exc
@@ -200,7 +224,7 @@ _GOLDEN_SHAPE = (
 )
 
 
-def _run_golden(servable: Servable, doc: Any) -> int:
+def _run_golden(servable: Servable, doc: Any, decoder: RequestDecoder) -> int:
     if not isinstance(doc, dict):
         raise LoadError(f"{GOLDEN_FILE} must be a JSON object {_GOLDEN_SHAPE}, got a JSON {_jtype(doc)}")
     _unknown_keys(doc, _GOLDEN_KEYS, GOLDEN_FILE)
@@ -211,7 +235,7 @@ def _run_golden(servable: Servable, doc: Any) -> int:
     if not isinstance(cases, list):
         raise LoadError(f'{GOLDEN_FILE}: "cases" must be a JSON array of cases, got a JSON {_jtype(cases)}')
     for i, case in enumerate(cases):
-        _run_case(servable, i, case, rtol, atol)
+        _run_case(servable, i, case, rtol, atol, decoder)
     return len(cases)
 
 
@@ -231,7 +255,7 @@ def _tolerance(tol: Any) -> tuple[float, float]:
     return out[0], out[1]
 
 
-def _run_case(servable: Servable, i: int, case: Any, rtol: float, atol: float) -> None:
+def _run_case(servable: Servable, i: int, case: Any, rtol: float, atol: float, decoder: RequestDecoder) -> None:
     where = f"{GOLDEN_FILE}: case [{i}]"
     if not isinstance(case, dict):
         raise LoadError(f'{where} must be a JSON object {{"inputs": ..., "expected": ...}}, got a JSON {_jtype(case)}')
@@ -244,9 +268,9 @@ def _run_case(servable: Servable, i: int, case: Any, rtol: float, atol: float) -
     if "name" in case and not isinstance(case["name"], str):
         raise LoadError(f'{where}: "name" must be a string, got a JSON {_jtype(case["name"])}')
     try:
-        sig_name = signature_name(case)
+        sig_name = decoder.signature_name(case)
         sig = get_signature(servable, sig_name)
-        inputs, _ = decode_predict({"inputs": case["inputs"]}, sig)
+        inputs, _ = decoder.decode_predict({"inputs": case["inputs"]}, sig)
         check_inputs(sig, inputs)
     except Exception as exc:
         raise LoadError(f"{where}: invalid inputs: {_why(exc)}") from exc
@@ -260,7 +284,7 @@ def _run_case(servable: Servable, i: int, case: Any, rtol: float, atol: float) -
             raise LoadError(
                 f"{where}: expected output {oname!r} but the model returned output(s) {sorted(outputs)}"
             )
-        _compare(f"{where} output {oname!r}", oname, want, np.asarray(outputs[oname]), rtol, atol)
+        _compare(f"{where} output {oname!r}", oname, want, np.asarray(outputs[oname]), rtol, atol, decoder)
 
 
 def _expected_by_output(expected: Any, sig: Signature, where: str) -> dict[str, Any]:
@@ -277,7 +301,7 @@ def _expected_by_output(expected: Any, sig: Signature, where: str) -> dict[str, 
     return {names[0]: expected}
 
 
-def _expected_array(oname: str, values: Any, got: np.ndarray, where: str) -> np.ndarray:
+def _expected_array(oname: str, values: Any, got: np.ndarray, where: str, decoder: RequestDecoder) -> np.ndarray:
     """The expected JSON values as an array, decoded by the REST decoder as if they were an
     input of the got output's element type (floats in float64 for the comparison)."""
     try:
@@ -291,7 +315,7 @@ def _expected_array(oname: str, values: Any, got: np.ndarray, where: str) -> np.
         raise LoadError(f'{where}: bad "expected" value: a DT_BOOL output is compared with JSON true/false values')
     spec = TensorSpec(oname, dt, None)
     try:
-        arr, _ = decode_predict({"inputs": {oname: values}}, Signature(inputs={oname: spec}, outputs={}))
+        arr, _ = decoder.decode_predict({"inputs": {oname: values}}, Signature(inputs={oname: spec}, outputs={}))
     except HotserveError as exc:
         why = str(exc).replace(f"input {oname!r}: ", "", 1)  # the decoder speaks of inputs
         raise LoadError(f'{where}: bad "expected" value: {why}') from None
@@ -323,8 +347,9 @@ def _scalar(v: Any) -> str:
     return repr(v)
 
 
-def _compare(where: str, oname: str, values: Any, got: np.ndarray, rtol: float, atol: float) -> None:
-    want = _expected_array(oname, values, got, where)
+def _compare(where: str, oname: str, values: Any, got: np.ndarray, rtol: float, atol: float,
+             decoder: RequestDecoder) -> None:
+    want = _expected_array(oname, values, got, where, decoder)
     if want.shape != got.shape:
         raise LoadError(f"{where}: expected shape {_fmt_shape(want.shape)}, got {_fmt_shape(got.shape)}")
     kind = got.dtype.kind

@@ -1,0 +1,152 @@
+"""The planner: a pure function from what exists and what is wanted to what to do next.
+
+Inputs are a snapshot of one model (complete versions in the repository, versions that failed,
+versions loaded and the route table now) and its routing intent (version policy, labels, pin,
+rolled-back versions, canary weight and mode, unloaded). The output is one step: the route
+table to publish now, at most one version to load next, the loaded versions nobody wants any
+more, and label changes the intent itself asks for (`canary: {auto: true}` turns a new version
+into the canary). No threads, no I/O, no clock: the model manager applies a plan, then asks
+again, until nothing is left to load (as TF Serving's AvailabilityPreservingPolicy hands the
+aspired-versions manager one action at a time).
+
+Availability comes first: the table never drops a version that still serves while another one
+is loading, a version is unloaded only after the table that stops routing to it is published,
+and when nothing is loadable the table stays as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from hotserve.core.policy import Latest, VersionPolicy
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A route table in version numbers (the router's RouteTable holds the loaded versions)."""
+
+    versions: frozenset[int] = frozenset()
+    default: int | None = None
+    labels: Mapping[str, int] = field(default_factory=dict)
+    canary: int | None = None
+    canary_weight: float = 0.0
+
+    def same_routing(self, other: "TableSpec") -> bool:
+        return (self.versions == other.versions and self.default == other.default
+                and dict(self.labels) == dict(other.labels) and self.canary == other.canary
+                and self.canary_weight == other.canary_weight)
+
+
+EMPTY = TableSpec()
+
+
+@dataclass(frozen=True)
+class Intent:
+    policy: VersionPolicy = field(default_factory=Latest)
+    labels: Mapping[str, int] = field(default_factory=dict)
+    pinned: int | None = None
+    rolled_back: frozenset[int] = frozenset()
+    canary_weight: float = 0.0
+    auto_canary: bool = False
+    unloaded: bool = False
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    complete: frozenset[int] = frozenset()
+    failed: frozenset[int] = frozenset()
+    loaded: frozenset[int] = frozenset()
+    table: TableSpec = EMPTY
+
+
+@dataclass(frozen=True)
+class Plan:
+    table: TableSpec  # publish this now (equal to the snapshot's table: nothing to swap)
+    load: int | None = None  # load this next, then plan again
+    unload: frozenset[int] = frozenset()  # retire these after publishing the table
+    label_changes: Mapping[str, int] = field(default_factory=dict)  # intent changes to persist first
+    desired: frozenset[int] = frozenset()  # what the policy (or pin) serves by default
+    note: str = ""  # why nothing happens, when that is worth saying
+
+
+def wanted_versions(s: Snapshot, i: Intent) -> tuple[frozenset[int], frozenset[int], str]:
+    """(desired: what serves by default, wanted: desired + every labelled version, note)."""
+    candidates = [v for v in s.complete if v not in s.failed and v not in i.rolled_back]
+    desired = frozenset(i.policy.select(candidates))
+    note = ""
+    if i.pinned is not None:
+        if i.pinned in s.complete and i.pinned not in s.failed:
+            desired = frozenset({i.pinned})
+        else:
+            note = f"pinned version {i.pinned} is not a complete, loadable version; following the policy"
+    labelled = frozenset(v for v in i.labels.values() if v in s.complete and v not in s.failed)
+    return desired, desired | labelled, note
+
+
+def auto_canary_labels(s: Snapshot, i: Intent, desired: frozenset[int]) -> dict[str, int]:
+    """With `canary: {auto: true}` the newest loaded desired version enters as the canary beside
+    a stable one instead of becoming the default: the label changes that says."""
+    if not i.auto_canary or i.pinned is not None:
+        return {}
+    live = sorted(v for v in desired if v in s.loaded)
+    if not live:
+        return {}
+    newest = live[-1]
+    changes: dict[str, int] = {}
+    stable = i.labels.get("stable")
+    if stable is None or stable not in s.loaded:
+        old = s.table.default
+        stable = old if old is not None and old != newest else newest
+        changes["stable"] = stable
+    if newest > stable and i.labels.get("canary") != newest:
+        changes["canary"] = newest
+    return changes
+
+
+def build_table(loaded: frozenset[int], desired: frozenset[int], i: Intent, current: TableSpec,
+                keep: frozenset[int] = frozenset()) -> TableSpec:
+    """The table routing to loaded versions as the intent says. A label moves only once its
+    target is loaded (until then it keeps its current target, if still loaded); `keep` are
+    versions that stay routable by number (those serving while others load)."""
+    labels: dict[str, int] = {}
+    for label, target in i.labels.items():
+        if target in loaded:
+            labels[label] = target
+        elif label in current.labels and current.labels[label] in loaded:
+            labels[label] = current.labels[label]
+    versions = {v for v in loaded if v in desired or v in keep} | set(labels.values())
+    canary = labels.get("canary")
+    if i.pinned is not None and i.pinned in loaded:
+        default: int | None = i.pinned
+    elif "stable" in labels:
+        default = labels["stable"]
+    else:
+        pool = [v for v in versions if v in desired and v != canary] or [v for v in versions if v in desired] or list(versions)
+        default = max(pool) if pool else None
+    split = canary is not None and default is not None and canary != default and i.canary_weight > 0 and i.pinned is None
+    return TableSpec(frozenset(versions), default, labels, canary if split else None, i.canary_weight if split else 0.0)
+
+
+def plan(s: Snapshot, i: Intent) -> Plan:
+    """The next step for one model."""
+    if i.unloaded:
+        return Plan(table=EMPTY, unload=s.loaded, note="unloaded on request")
+    desired, wanted, note = wanted_versions(s, i)
+    if not wanted:
+        if s.loaded:
+            note = note or "no loadable version in the repository; keeping the served versions"
+        return Plan(table=s.table, note=note)
+    changes = auto_canary_labels(s, i, desired)
+    if changes:
+        i = Intent(i.policy, {**i.labels, **changes}, i.pinned, i.rolled_back, i.canary_weight, i.auto_canary, i.unloaded)
+    missing = wanted - s.loaded
+    if missing:
+        # While loading, whatever serves now stays routable; the table may gain what just loaded.
+        table = build_table(s.loaded, desired, i, s.table, keep=s.table.versions & s.loaded)
+        if not table.versions:
+            table = s.table
+        return Plan(table=table, load=max(missing), label_changes=changes, desired=desired, note=note)
+    table = build_table(s.loaded, desired, i, s.table)
+    keep = wanted | frozenset(table.labels.values())
+    return Plan(table=table, unload=s.loaded - keep, label_changes=changes, desired=desired, note=note)

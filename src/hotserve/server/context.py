@@ -1,0 +1,36 @@
+"""What every front end (REST and gRPC) shares: the manager, the request frame, the worker
+pool for management calls, the admin token, and the bounds that apply."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from hotserve.core.manager import Manager
+from hotserve.server.auth import AdminAuth
+from hotserve.server.frame import RequestFrame
+
+
+@dataclass
+class ServerContext:
+    manager: Manager
+    frame: RequestFrame
+    executor: ThreadPoolExecutor
+    auth: AdminAuth
+    timeout_seconds: float = 30.0  # --rest_api_timeout_in_ms
+    reload_timeout_seconds: float = 60.0
+    reload_config: Callable[[], dict] | None = None  # set when serving from --model_config_file
+
+    async def blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a management call in the worker pool: each carries its own, longer bound (a
+        load or reload may take a minute); the inference timeout does not apply."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+
+def build_context(manager: Manager, executor: ThreadPoolExecutor, admin_token: str | None = None,
+                  timeout_seconds: float = 30.0, reload_timeout_seconds: float = 60.0,
+                  reload_config: Callable[[], dict] | None = None) -> ServerContext:
+    return ServerContext(manager, RequestFrame(manager, executor), executor, AdminAuth(admin_token), timeout_seconds,
+                         reload_timeout_seconds, reload_config)

@@ -1,0 +1,156 @@
+"""The request frame: the one path every model request takes, whatever its front end.
+
+    prepare (parse the wire format; errors name no version)
+    -> bind one version (version | label | canary split | sticky key)   [invariant 1]
+    -> execute on it (the front end's converter calls core.inference: inline, pool or batcher)
+    -> release the handle
+    -> record (metrics, and every observer such as the prediction log)
+
+REST (TF Serving and V2) and gRPC (TF Serving and V2) front ends only convert wire formats and
+hand the frame a `prepare` and an `execute`; what comes back (`Done`) carries the value or the
+error and always the bound version, so every answer names the version that produced it,
+errors included (invariant 6). Errors are mapped once, here: HotserveErrors keep their code,
+anything else a model or a converter raises is INTERNAL with the version named.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Protocol, TypeVar
+
+from hotserve.core.loaded import LoadedVersion
+from hotserve.core.manager import Manager
+from hotserve.errors import Code, HotserveError
+from hotserve.observability import metrics
+
+log = logging.getLogger("hotserve.frame")
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+
+@dataclass
+class Call:
+    """What a front end knows about a model request before parsing it."""
+
+    model: str
+    version: int | None = None
+    label: str | None = None
+    key: str | None = None  # sticky canary key (X-Request-Key)
+    api: str = "predict"  # predict | classify | regress | infer | multi_inference
+    entrypoint: str = "REST"  # REST | GRPC
+    size: int = 0  # request bytes, for the inline decision
+    request_id: str | None = None
+
+
+@dataclass
+class Done(Generic[R]):
+    value: R | None
+    error: HotserveError | None
+    version: str | None  # the bound version, also on errors raised after binding
+    seconds: float = 0.0
+
+
+class Observer(Protocol):
+    def __call__(self, call: Call, lv: LoadedVersion, prepared: Any, value: Any) -> None:
+        """Called in the request's thread after a successful execute, before release."""
+
+
+class _Slot:
+    """Shared by a request's thread and its waiter: the bound version, and who answered first."""
+
+    __slots__ = ("lv", "_lock", "_timed_out", "_done")
+
+    def __init__(self) -> None:
+        self.lv: LoadedVersion | None = None
+        self._lock = threading.Lock()
+        self._timed_out = False
+        self._done = False
+
+    def answered(self) -> bool:
+        """Called by the thread when it finishes: True if the waiter already answered 504."""
+        with self._lock:
+            self._done = True
+            return self._timed_out
+
+    def time_out(self) -> bool:
+        """Called by the waiter at its deadline: True if it answers (the thread is still running)."""
+        with self._lock:
+            if self._done:
+                return False
+            self._timed_out = True
+            return True
+
+
+def _as_error(exc: Exception, lv: LoadedVersion | None) -> HotserveError:
+    if isinstance(exc, HotserveError):
+        return exc
+    where = f"model {lv.model} version {lv.version}: " if lv is not None else ""
+    log.error("%s%s: %s", where, type(exc).__name__, exc, exc_info=exc)
+    return HotserveError(f"{where}internal error: {type(exc).__name__}: {exc}", Code.INTERNAL)
+
+
+class RequestFrame:
+    def __init__(self, manager: Manager, executor: ThreadPoolExecutor) -> None:
+        self.manager = manager
+        self.executor = executor
+        self.observers: list[Observer] = []
+
+    def run_sync(self, call: Call, prepare: Callable[[], P], execute: Callable[[LoadedVersion, P], R],
+                 slot: "_Slot | None" = None) -> Done[R]:
+        """The whole frame in the calling thread (a worker thread, or the loop when inline)."""
+        t0 = time.perf_counter()
+        lv: LoadedVersion | None = None
+        value = None
+        err: HotserveError | None = None
+        try:
+            prepared = prepare()
+            lv = self.manager.acquire(call.model, call.version, call.label, call.key)
+        except Exception as exc:
+            err = _as_error(exc, None)
+        else:
+            if slot is not None:
+                slot.lv = lv
+            try:
+                value = execute(lv, prepared)
+                for observe in self.observers:
+                    observe(call, lv, prepared, value)
+            except Exception as exc:
+                err = _as_error(exc, lv)
+            finally:
+                lv.release()
+        seconds = time.perf_counter() - t0
+        version = lv.version_str if lv is not None else None
+        if slot is None or not slot.answered():
+            metrics.record_request(call.model, version or "", call.api, call.entrypoint,
+                                   err.code.value if err else "OK", seconds)
+        return Done(value, err, version, seconds)
+
+    async def run(self, call: Call, prepare: Callable[[], P], execute: Callable[[LoadedVersion, P], R],
+                  timeout: float | None = None, timeout_flag: str = "") -> Done[R]:
+        """Run the frame: on the event loop when --inference_threading=auto found the model cheap
+        and the request is small (no thread hop), else in the worker pool. With a timeout,
+        answer DEADLINE_EXCEEDED then (the work finishes in its thread; its handle is released
+        there)."""
+        mm = self.manager.models.get(call.model)
+        if mm is not None and mm.runs_inline(call.size):
+            return self.run_sync(call, prepare, execute)
+        loop = asyncio.get_running_loop()
+        slot = _Slot()
+        future = loop.run_in_executor(self.executor, self.run_sync, call, prepare, execute, slot)
+        if timeout is None:
+            return await future
+        done, _ = await asyncio.wait({future}, timeout=timeout)
+        if done or not slot.time_out():
+            return await future  # finished (just now, perhaps): its answer stands
+        version = slot.lv.version_str if slot.lv is not None else None
+        metrics.record_request(call.model, version or "", call.api, call.entrypoint, Code.DEADLINE_EXCEEDED.value,
+                               timeout)
+        hint = f" ({timeout_flag})" if timeout_flag else ""
+        return Done(None, HotserveError(f"request did not finish within {timeout:g}s{hint}", Code.DEADLINE_EXCEEDED),
+                    version, timeout)

@@ -1,0 +1,114 @@
+"""TensorFlow Serving's REST API under /v1/models: status, metadata, predict, classify, regress."""
+
+from __future__ import annotations
+
+from hotserve.core import inference
+from hotserve.core.loaded import LoadedVersion
+from hotserve.errors import InvalidArgument, MethodNotAllowed, NotFound
+from hotserve.protocols import tf_examples
+from hotserve.protocols import tfserving_rest as tfs
+from hotserve.runtimes.base import get_signature
+from hotserve.server.asgi import Reply, error_reply, header, read_body
+from hotserve.server.context import ServerContext
+from hotserve.server.frame import Call, Done
+
+KEY_HEADER = b"x-request-key"
+PREFIX = "/v1/models/"
+_VERBS = ("predict", "classify", "regress")
+
+
+def parse_version(text: str) -> int:
+    if not text.isdigit():
+        raise InvalidArgument(f"version must be a non-negative integer, got {text!r}")
+    return int(text)
+
+
+def reply_of(done: Done) -> Reply:
+    """A frame's outcome as a REST answer: the body, or the error; the version either way."""
+    if done.error is not None:
+        return error_reply(done.error, done.version)
+    body, headers = done.value
+    return Reply(200, body, done.version, headers)
+
+
+class V1Routes:
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+
+    async def dispatch(self, rest: str, method: str, scope, receive) -> Reply:
+        verb = None
+        if ":" in rest:
+            rest, verb = rest.rsplit(":", 1)
+        parts = rest.split("/")
+        name, tail = parts[0], parts[1:]
+        if not name:
+            raise NotFound("model name missing: expected /v1/models/<name>")
+        version: int | None = None
+        label: str | None = None
+        if tail[:1] == ["versions"] and len(tail) >= 2:
+            version, tail = parse_version(tail[1]), tail[2:]
+        elif tail[:1] == ["labels"] and len(tail) >= 2:
+            label, tail = tail[1], tail[2:]
+        if verb is not None:
+            if tail:
+                raise NotFound(f"malformed path: unexpected /{'/'.join(tail)} before :{verb}")
+            if verb not in _VERBS:
+                raise NotFound(f"unknown verb :{verb}; expected :predict, :classify or :regress")
+            if method != "POST":
+                raise MethodNotAllowed(f":{verb} takes POST, got {method}")
+            body = await read_body(receive)
+            call = Call(name, version, label, header(scope, KEY_HEADER), verb, "REST", len(body))
+            if verb == "predict":
+                prepare, execute = self._predict(body)
+            else:
+                prepare, execute = self._examples(verb, body)
+            done = await self.ctx.frame.run(call, prepare, execute, self.ctx.timeout_seconds, "--rest_api_timeout_in_ms")
+            return reply_of(done)
+        if method != "GET":
+            raise MethodNotAllowed(f"{method} is not allowed here; model status and metadata take GET")
+        if tail == ["metadata"]:
+            return self._metadata(name, version, label)
+        if tail:
+            raise NotFound(f"malformed path: /{'/'.join(tail)}; expected /metadata or nothing after the model")
+        mm = self.ctx.manager.get(name)
+        if label is not None:
+            version = mm.label_version(label)
+        return Reply(200, tfs.dumps(tfs.status_doc(mm.statuses(version))))
+
+    @staticmethod
+    def _predict(body: bytes):
+        def prepare():
+            doc = tfs.parse_body(body)
+            return doc, tfs.signature_name(doc)
+
+        def execute(lv: LoadedVersion, prepared):
+            doc, sig_name = prepared
+            inputs, rows = tfs.decode_predict(doc, get_signature(lv.servable, sig_name))
+            return tfs.encode_predict(inference.predict(lv, inputs, sig_name), rows), None
+
+        return prepare, execute
+
+    @staticmethod
+    def _examples(method: str, body: bytes):
+        def prepare():
+            doc = tfs.parse_body(body)
+            return tfs.signature_name(doc), tf_examples.json_examples(doc)
+
+        def execute(lv: LoadedVersion, prepared):
+            sig_name, examples = prepared
+            outputs = inference.run_examples(lv, method, examples, sig_name)
+            if method == "classify":
+                doc = tf_examples.classification_json(tf_examples.classification_result(outputs, len(examples)))
+            else:
+                doc = tf_examples.regression_json(tf_examples.regression_result(outputs, len(examples)))
+            return tfs.dumps(doc), None
+
+        return prepare, execute
+
+    def _metadata(self, name: str, version: int | None, label: str | None) -> Reply:
+        lv = self.ctx.manager.acquire(name, version, label)
+        try:
+            doc = tfs.metadata_doc(name, lv.version, lv.servable.signatures)
+            return Reply(200, tfs.dumps(doc), lv.version_str)
+        finally:
+            lv.release()
