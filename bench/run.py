@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--swap-interval", type=float, default=2.0, help="seconds between publishes (default 2)")
     p.add_argument("--swap-concurrency", type=int, default=8, help="connections in table 2 (default 8)")
     p.add_argument("--swap-window", type=float, default=1.0, help="seconds after a publish counted as its swap window (default 1)")
+    p.add_argument("--hotserve-src", action="append", default=[], metavar="LABEL=PATH",
+                   help="also run hotserve (default flags) from another source tree, e.g. an older commit checked out with "
+                        "`git worktree add /tmp/old <commit>`: LABEL=/tmp/old/src (repeatable); compares commits in one run")
     p.add_argument("--client-cpus", default="1", help="CPU list the load tools (and the bench's own samplers/publisher) are pinned to (default 1)")
     p.add_argument("--server-cpus", default="", help="pin every server to this CPU list (default: not pinned, servers may use every core)")
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads in table 1 (default 1: one event loop saturates one core best)")
@@ -96,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     log = session.begin()
 
-    matrix_servers = [s for s in ("hotserve", "hotserve-2w", "fastapi", "mlserver") if s in opts.parts]
+    extra_src = {(k if k.startswith("hotserve") else f"hotserve-{k}"): v
+                 for k, v in (item.split("=", 1) for item in opts.hotserve_src)}
+    matrix_servers = [s for s in ("hotserve", "hotserve-2w") if s in opts.parts] + list(extra_src) + \
+        [s for s in ("fastapi", "mlserver") if s in opts.parts]
     needs_grpc = bool(set(HOTSERVE_SHAPES) & opts.parts) and any(a.startswith("grpc") for a in opts.hotserve_apis)
     versions = {"python": platform.python_version()}
     try:
@@ -134,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     }}
     with session.guarded(results, log, "server") as run:
         if matrix_servers:
-            results["matrix"] = _run_matrix(opts, matrix_servers, mlserver_exe, workdir, log)
+            results["matrix"] = _run_matrix(opts, matrix_servers, mlserver_exe, workdir, log, extra_src)
         if "swaps" in opts.parts:
             from benchlib import swaps
             try:
@@ -159,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def _run_matrix(opts, names: list[str], mlserver_exe: str | None, workdir: str, log) -> list[dict]:
+def _run_matrix(opts, names: list[str], mlserver_exe: str | None, workdir: str, log,
+                extra_src: dict[str, str] | None = None) -> list[dict]:
     from hotserve.examples import make_mlp
     from hotserve.repository.publish import publish
 
@@ -170,11 +177,11 @@ def _run_matrix(opts, names: list[str], mlserver_exe: str | None, workdir: str, 
     try:
         for name in names:
             t0 = time.monotonic()
-            if name in HOTSERVE_SHAPES:
+            if name in HOTSERVE_SHAPES or name in (extra_src or {}):
                 base = os.path.join(workdir, name, "models", "mlp")
                 publish(model_path, base)
                 srv = servers.start_hotserve(base, os.path.join(workdir, name), opts.hotserve_apis,
-                                             HOTSERVE_SHAPES[name], name=name)
+                                             HOTSERVE_SHAPES.get(name, []), name=name, src=(extra_src or {}).get(name))
             elif name == "fastapi":
                 srv = servers.start_fastapi(model_path, workdir, workers=opts.fastapi_workers)
             else:

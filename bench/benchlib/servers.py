@@ -67,13 +67,15 @@ def _tail(path: str, n: int = 3000) -> str:
 
 
 def start_hotserve(base_path: str, workdir: str, apis: list[str], extra_args: list[str] | None = None,
-                   name: str = "hotserve") -> Server:
-    """`python -m hotserve serve` through hotserve.launcher.ServerProcess (the real command line)."""
+                   name: str = "hotserve", src: str | None = None) -> Server:
+    """`python -m hotserve serve` through hotserve.launcher.ServerProcess (the real command line).
+    `src`: run hotserve from another source tree (e.g. an older commit's checkout) instead."""
     from hotserve.launcher import ServerProcess
 
     os.makedirs(workdir, exist_ok=True)
     log_path = os.path.join(workdir, "hotserve.log")
-    sp = ServerProcess(["--model_name", MODEL, "--model_base_path", base_path, *(extra_args or [])], log_path)
+    env = dict(os.environ, PYTHONPATH=src) if src else None
+    sp = ServerProcess(["--model_name", MODEL, "--model_base_path", base_path, *(extra_args or [])], log_path, env=env)
     sp.start(timeout=60)
     owned = procs.Owned(sp.proc, name, own_group=False, stop_fn=sp.stop)
     try:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field, fields
 
 
@@ -49,43 +48,78 @@ class BatchingParameters:
             raise BatchingConfigError(str(exc)) from None
 
 
-# `name { value: N }` (TF's Int64Value wrappers), `name: N` (repeated/bool fields), comments.
-_WRAPPED = re.compile(r"^\s*(\w+)\s*\{\s*value\s*:\s*([-\w.]+)\s*\}\s*$")
-_PLAIN = re.compile(r"^\s*(\w+)\s*:\s*([-\w.]+)\s*$")
-_INT_FIELDS = {"max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"}
-_IGNORED = {"thread_pool_name", "enable_large_batch_splitting", "max_execution_batch_size"}
+_INT_FIELDS = ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads")
+_message_class = None
+
+
+def _batching_parameters_class():
+    """tensorflow.serving.BatchingParameters (session_bundle_config.proto: names, types and field
+    numbers as TF Serving has them), built once in a private pool. No pip package ships this
+    message, so it is described here rather than generated with the rest of hotserve.protos,
+    whose parity test checks every message against an upstream package."""
+    global _message_class
+    if _message_class is None:
+        from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
+
+        f = descriptor_pb2.FieldDescriptorProto
+        fd = descriptor_pb2.FileDescriptorProto(name="hotserve/batching_parameters.proto", package="tensorflow.serving",
+                                                syntax="proto3", dependency=["google/protobuf/wrappers.proto"])
+        msg = fd.message_type.add(name="BatchingParameters")
+        for number, name, wrapper in [(1, "max_batch_size", "Int64Value"), (2, "batch_timeout_micros", "Int64Value"),
+                                      (3, "max_enqueued_batches", "Int64Value"), (4, "num_batch_threads", "Int64Value"),
+                                      (5, "thread_pool_name", "StringValue"),
+                                      # newer TF Serving releases: accepted so their files parse, not acted on
+                                      (8, "enable_large_batch_splitting", "BoolValue"),
+                                      (9, "max_execution_batch_size", "Int64Value")]:
+            msg.field.add(name=name, number=number, type=f.TYPE_MESSAGE, label=f.LABEL_OPTIONAL,
+                          type_name=f".google.protobuf.{wrapper}")
+        msg.field.add(name="allowed_batch_sizes", number=6, type=f.TYPE_INT64, label=f.LABEL_REPEATED)
+        msg.field.add(name="pad_variable_length_inputs", number=7, type=f.TYPE_BOOL, label=f.LABEL_OPTIONAL)
+        pool = descriptor_pool.DescriptorPool()
+        pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
+        pool.Add(fd)
+        _message_class = message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
+    return _message_class
+
+
+def _explain(exc: Exception, text: str) -> str:
+    """protobuf's parse error in the words of a batching file."""
+    import re
+
+    msg = str(exc)
+    m = re.search(r'has no field named "(\w+)"', msg)
+    if m:
+        return f"unknown batching parameter {m.group(1)!r}; known: {', '.join(sorted(_KNOWN))}"
+    m = re.search(r"^(\d+):", msg)
+    line = text.splitlines()[int(m.group(1)) - 1].strip() if m and int(m.group(1)) <= len(text.splitlines()) else ""
+    name = line.split("{")[0].split(":")[0].strip()
+    if re.search(r"Couldn.t parse|Invalid value|Expected (integer|identifier|bool|\"true\")", msg) and name:
+        return f"line {m.group(1)}: {name} has an invalid value ({msg.split(' : ', 1)[-1]})"
+    return f"cannot read {line!r}: expected 'name {{ value: N }}' or 'name: value' ({msg})"
+
+
+_KNOWN = {"max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads", "thread_pool_name",
+          "allowed_batch_sizes", "pad_variable_length_inputs", "enable_large_batch_splitting", "max_execution_batch_size"}
 
 
 def parse_batching_parameters(text: str) -> BatchingParameters:
+    """TF Serving's BatchingParameters text proto, read by protobuf's text format parser (so
+    every valid spelling works: wrappers on one line or several, comments, field order)."""
+    from google.protobuf import text_format
+
+    msg = _batching_parameters_class()()
+    try:
+        text_format.Parse(text, msg)
+    except text_format.ParseError as exc:
+        raise BatchingConfigError(_explain(exc, text)) from None
     values: dict = {}
-    sizes: list[int] = []
-    for n, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        m = _WRAPPED.match(line) or _PLAIN.match(line)
-        if not m:
-            raise BatchingConfigError(f"line {n}: cannot read {raw.strip()!r}; expected 'name {{ value: N }}' or 'name: value'")
-        name, value = m.group(1), m.group(2).strip("'\"")
-        try:
-            if name in _INT_FIELDS:
-                values[name] = int(value)
-            elif name == "allowed_batch_sizes":
-                sizes.append(int(value))
-            elif name == "pad_variable_length_inputs":
-                if value.lower() not in ("true", "false"):
-                    raise ValueError(value)
-                values[name] = value.lower() == "true"
-            elif name in _IGNORED:
-                continue
-            else:
-                raise BatchingConfigError(f"line {n}: unknown batching parameter {name!r}")
-        except BatchingConfigError:
-            raise
-        except ValueError:
-            raise BatchingConfigError(f"line {n}: {name} has an invalid value {value!r}") from None
-    if sizes:
-        values["allowed_batch_sizes"] = tuple(sizes)
+    for name in _INT_FIELDS:
+        if msg.HasField(name):
+            values[name] = getattr(msg, name).value
+    if msg.allowed_batch_sizes:
+        values["allowed_batch_sizes"] = tuple(msg.allowed_batch_sizes)
+    if msg.pad_variable_length_inputs:
+        values["pad_variable_length_inputs"] = True
     return BatchingParameters(**values)
 
 

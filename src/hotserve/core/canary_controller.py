@@ -9,6 +9,7 @@ splits, so logs and metrics never claim a decision traffic does not yet see.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 from hotserve.core import canary
@@ -39,8 +40,6 @@ class CanaryController:
         ev = record.event
         if not isinstance(ev, Swapped):
             return
-        import time
-
         with self._lock:
             split = self._splits.setdefault(ev.model, _Split())
             if ev.canary != split.canary:

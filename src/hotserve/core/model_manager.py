@@ -12,6 +12,7 @@ in-flight request (invariant 1).
 
 from __future__ import annotations
 
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from hotserve.repository.scanner import Fingerprint, ScanResult, VersionInfo, Ve
 from hotserve.repository.storage import normalize_base_path, storage_for
 from hotserve.repository.watcher import RepositoryWatcher
 from hotserve.runtimes.registry import RuntimeOptions
+
+log = logging.getLogger("hotserve.manager")
 
 # Requests larger than this always go to the worker pool, even for a cheap model.
 INLINE_MAX_BYTES = 16 * 1024
@@ -63,9 +66,7 @@ def make_batcher(name: str, config: ModelConfig, default: BatchingParameters | N
     params = default if config.batching is None else config.batching
     if not isinstance(params, BatchingParameters):
         return None
-    import logging
-
-    logging.getLogger("hotserve.manager").info(
+    log.info(
         "model %s: dynamic batching on (max_batch_size %d, batch_timeout_micros %d, %d batch thread(s))",
         name, params.max_batch_size, params.batch_timeout_micros, params.num_batch_threads)
     return Batcher(name, params)
@@ -209,10 +210,7 @@ class ModelManager:
             try:
                 self._reconcile(scan)
             except Exception as exc:
-                import logging
-
-                logging.getLogger("hotserve.manager").exception("model %s: reconcile failed; served versions unchanged",
-                                                                self.name)
+                log.exception("model %s: reconcile failed; served versions unchanged", self.name)
                 self.bus.publish(Notice(self.name, None, "reconcile_failed", f"reconcile failed: {exc!r}"))
             with self._cv:
                 self._reconciles += 1

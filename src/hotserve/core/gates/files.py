@@ -19,7 +19,6 @@ the one the REST front end uses), so core never imports a protocol.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import io
 import time
@@ -33,7 +32,6 @@ from hotserve.errors import HotserveError, LoadError
 from hotserve.repository.storage import LocalStorage, Storage, StorageUnavailable
 from hotserve.runtimes.base import DEFAULT_SIGNATURE, Servable, Signature, TensorSpec, check_inputs, get_signature
 
-log = logging.getLogger("hotserve.gates")
 
 WARMUP_FILE = "warmup.json"
 GOLDEN_FILE = "golden.json"

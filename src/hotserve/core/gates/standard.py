@@ -53,30 +53,31 @@ class RuntimeWarmupGate:
         return {"requests": warm_up(ctx.servable)}
 
 
-class WarmupFileGate:
-    name = "warmup_file"
+class _FileGate:
+    """A gate a version opts into with a file in its directory (TF Serving REST request bodies,
+    read with the injected decoder)."""
+
+    name = ""
     stage = SERVABLE
+    file = ""
 
     def __init__(self, decoder: files.RequestDecoder) -> None:
         self.decoder = decoder
 
     def applies(self, ctx: GateContext) -> bool:
-        return files.has_file(ctx.local_dir, files.WARMUP_FILE)
+        return files.has_file(ctx.local_dir, self.file)
+
+
+class WarmupFileGate(_FileGate):
+    name, file = "warmup_file", files.WARMUP_FILE
 
     def run(self, ctx: GateContext) -> dict[str, Any]:
         requests, runs, _ = files.run_warmup_file(ctx.servable, ctx.local_dir, self.decoder)
         return {"requests": requests, "runs": runs}
 
 
-class GoldenFileGate:
-    name = "golden"
-    stage = SERVABLE
-
-    def __init__(self, decoder: files.RequestDecoder) -> None:
-        self.decoder = decoder
-
-    def applies(self, ctx: GateContext) -> bool:
-        return files.has_file(ctx.local_dir, files.GOLDEN_FILE)
+class GoldenFileGate(_FileGate):
+    name, file = "golden", files.GOLDEN_FILE
 
     def run(self, ctx: GateContext) -> dict[str, Any]:
         cases, _ = files.run_golden_file(ctx.servable, ctx.local_dir, self.decoder)

@@ -1,0 +1,130 @@
+"""The request frame in process, with a fake servable: bind, run, release, record, and the
+error mapping every front end shares (errors name the bound version)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from hotserve.core.loaded import LoadedVersion
+from hotserve.core.router import Route, RouteTable
+from hotserve.errors import Code, InvalidArgument
+from hotserve.observability import metrics
+from hotserve.server.frame import Call, RequestFrame
+
+
+class FakeServable:
+    runtime = "python"
+    signatures: dict = {}
+
+    def predict(self, inputs, signature_name="serving_default"):
+        return {}
+
+    def unload(self) -> None:
+        pass
+
+
+class FakeModel:
+    def __init__(self, name: str, lv: LoadedVersion, inline: bool = False) -> None:
+        self.route = Route(name)
+        self.route.table = RouteTable({lv.version: lv}, lv)
+        self.inline = inline
+
+    def runs_inline(self, size: int) -> bool:
+        return self.inline
+
+
+class FakeManager:
+    def __init__(self, **models: FakeModel) -> None:
+        self.models = models
+
+    def acquire(self, name, version=None, label=None, key=None):
+        return self.models[name].route.acquire(version, label, key)
+
+
+@pytest.fixture
+def frame():
+    lv = LoadedVersion("fm", 7, FakeServable())
+    pool = ThreadPoolExecutor(2)
+    f = RequestFrame(FakeManager(fm=FakeModel("fm", lv)), pool)
+    yield f, lv
+    pool.shutdown(wait=True)
+
+
+def _count(model: str, version: str, status: str) -> float:
+    return metrics.REQUEST_COUNT.value((model, version, "predict", "REST", status))
+
+
+def test_success_names_the_version_and_releases(frame):
+    f, lv = frame
+    seen = []
+    f.observers.append(lambda call, bound, prepared, value: seen.append((bound.version, prepared, value)))
+    before = _count("fm", "7", "OK")
+    done = asyncio.run(f.run(Call("fm"), lambda: "parsed", lambda bound, p: (bound.version, p)))
+    assert done.error is None and done.value == (7, "parsed") and done.version == "7"
+    assert seen == [(7, "parsed", (7, "parsed"))]
+    assert lv.in_flight == 0
+    assert _count("fm", "7", "OK") == before + 1
+
+
+def test_parse_errors_name_no_version(frame):
+    f, lv = frame
+
+    def bad():
+        raise InvalidArgument("expected a JSON object")
+
+    done = f.run_sync(Call("fm"), bad, lambda bound, p: None)
+    assert done.error.code is Code.INVALID_ARGUMENT and done.version is None and lv.in_flight == 0
+
+
+def test_model_errors_are_internal_and_name_the_version(frame):
+    f, lv = frame
+    before = _count("fm", "7", "INTERNAL")
+
+    def broken(bound, p):
+        raise ValueError("a model bug")
+
+    done = f.run_sync(Call("fm"), lambda: None, broken)
+    assert done.error.code is Code.INTERNAL and done.version == "7"
+    assert "model fm version 7" in done.error.message and "ValueError: a model bug" in done.error.message
+    assert lv.in_flight == 0
+    assert _count("fm", "7", "INTERNAL") == before + 1
+
+
+def test_unknown_version_is_not_found(frame):
+    f, _ = frame
+    done = f.run_sync(Call("fm", version=3), lambda: None, lambda bound, p: None)
+    assert done.error.code is Code.NOT_FOUND and done.version is None
+
+
+def test_timeout_answers_once_with_the_bound_version(frame):
+    f, lv = frame
+    release = threading.Event()
+    before = _count("fm", "7", "DEADLINE_EXCEEDED"), _count("fm", "7", "OK")
+
+    def slow(bound, p):
+        release.wait(10)
+        return "late"
+
+    done = asyncio.run(f.run(Call("fm"), lambda: None, slow, timeout=0.05, timeout_flag="--rest_api_timeout_in_ms"))
+    assert done.error.code is Code.DEADLINE_EXCEEDED and done.version == "7"
+    assert "(--rest_api_timeout_in_ms)" in done.error.message
+    assert lv.in_flight == 1  # still running on its version
+    release.set()
+    f.executor.shutdown(wait=True)
+    assert lv.in_flight == 0
+    # Counted once, as the timeout the client saw.
+    assert (_count("fm", "7", "DEADLINE_EXCEEDED"), _count("fm", "7", "OK")) == (before[0] + 1, before[1])
+
+
+def test_inline_runs_on_the_calling_thread():
+    lv = LoadedVersion("fi", 1, FakeServable())
+    pool = ThreadPoolExecutor(1)
+    f = RequestFrame(FakeManager(fi=FakeModel("fi", lv, inline=True)), pool)
+    here = threading.get_ident()
+    done = asyncio.run(f.run(Call("fi"), lambda: None, lambda bound, p: threading.get_ident()))
+    assert done.value == here
+    pool.shutdown()
