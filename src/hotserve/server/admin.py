@@ -9,7 +9,8 @@ import orjson
 from hotserve.core import control
 from hotserve.errors import InvalidArgument, MethodNotAllowed, NotFound
 from hotserve.protocols.json_body import parse_object
-from hotserve.server.asgi import Reply, header, read_body
+from hotserve.server.http import Request
+from hotserve.server.reply import Reply
 from hotserve.server.context import ServerContext
 
 
@@ -24,9 +25,10 @@ class AdminRoutes:
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
 
-    async def dispatch(self, rest: str, method: str, scope, receive) -> Reply:
-        self.ctx.auth.check(header(scope, b"authorization"))
-        body = await read_body(receive)
+    async def dispatch(self, rest: str, request: Request) -> Reply:
+        method = request.method
+        self.ctx.auth.check(request.header(b"authorization"))
+        body = request.body
         call = self.ctx.blocking
         if rest == "config:reload":
             if method != "POST":

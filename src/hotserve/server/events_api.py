@@ -15,7 +15,7 @@ import orjson
 
 from hotserve.errors import InvalidArgument
 from hotserve.observability.events import EventBus, Record
-from hotserve.server.asgi import Reply
+from hotserve.server.reply import Reply
 
 MAX_WAIT_SECONDS = 30.0
 

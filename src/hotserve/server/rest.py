@@ -1,4 +1,4 @@
-"""The REST front end as a bare ASGI app.
+"""The REST front end: one handler for the HTTP server (server/http.py).
 
 No web framework: routing is a few string checks. Model requests go through the request frame
 (server/frame.py), which runs everything CPU-bound for a predict (JSON parse, decode,
@@ -15,9 +15,10 @@ from hotserve.errors import HotserveError, NotFound
 from hotserve.observability import metrics
 from hotserve.protocols import tfserving_rest as tfs
 from hotserve.server.admin import AdminRoutes
-from hotserve.server.asgi import JSON, Reply, error_reply
 from hotserve.server.context import ServerContext
 from hotserve.server.events_api import events_reply
+from hotserve.server.http import Request, Response
+from hotserve.server.reply import JSON, Reply, error_reply
 from hotserve.server.rest_tfserving import PREFIX as V1_PREFIX
 from hotserve.server.rest_tfserving import V1Routes
 from hotserve.server.rest_v2 import V2Routes
@@ -27,6 +28,7 @@ log = logging.getLogger("hotserve.rest")
 _VERSION_HEADER = b"x-model-version"
 # TF Serving's Prometheus path, and the usual one.
 _METRICS_PATHS = ("/monitoring/prometheus/metrics", "/metrics")
+_METRICS_TYPE = (b"content-type", b"text/plain; version=0.0.4")
 
 
 class RestApp:
@@ -37,60 +39,42 @@ class RestApp:
         self.v2 = V2Routes(ctx)
         self.admin = AdminRoutes(ctx)
 
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
+    async def __call__(self, request: Request) -> Response:
         try:
-            reply = await self._dispatch(scope, receive)
+            reply = await self._dispatch(request)
         except HotserveError as exc:
             reply = error_reply(exc)
         except Exception as exc:  # a bug must cost one request, never the worker
-            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            log.exception("unhandled error on %s %s", request.method, request.path)
             reply = Reply(500, tfs.encode_error(f"internal error: {type(exc).__name__}: {exc}"), code="INTERNAL")
         headers = reply.headers or [JSON]
-        headers.append((b"content-length", str(len(reply.body)).encode()))
         if reply.version is not None:
             headers.append((_VERSION_HEADER, reply.version.encode()))
-        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-        await send({"type": "http.response.body", "body": reply.body})
+        return Response(reply.status, headers, reply.body, reply.stream)
 
-    async def _dispatch(self, scope, receive) -> Reply:
-        path: str = scope["path"]
-        method: str = scope["method"]
+    async def _dispatch(self, request: Request) -> Reply:
+        path = request.path
         if path.startswith(V1_PREFIX):
-            return await self.v1.dispatch(path[len(V1_PREFIX):], method, scope, receive)
+            return await self.v1.dispatch(path[len(V1_PREFIX):], request)
         if path in _METRICS_PATHS:
-            return Reply(200, metrics.render(), headers=[(b"content-type", b"text/plain; version=0.0.4")])
+            return Reply(200, metrics.render(), headers=[_METRICS_TYPE])
         if path.startswith("/v1/admin/"):
-            return await self.admin.dispatch(path[len("/v1/admin/"):], method, scope, receive)
+            return await self.admin.dispatch(path[len("/v1/admin/"):], request)
         if path == "/v1/events":
-            return await events_reply(self.manager.bus, scope.get("query_string", b""))
+            return await events_reply(self.manager.bus, request.query)
         if path in ("/healthz", "/v2/health/live"):
             return Reply(200, b'{"live":true}')
         if path in ("/readyz", "/v2/health/ready"):
             return self._ready()
         if path == "/v2" or path.startswith("/v2/"):
-            return await self.v2.dispatch(path, method, scope, receive)
+            return await self.v2.dispatch(path, request)
         raise NotFound(
-            f"no such endpoint: {method} {path}; the REST API serves /v1/models/<name>[/versions/<v>|/labels/<l>]"
-            "[:predict|:classify|:regress|/metadata], /v2/... (KServe V2), /v1/admin/... (management), /healthz, /readyz,"
-            " /metrics"
+            f"no such endpoint: {request.method} {path[:200]}; the REST API serves "
+            "/v1/models/<name>[/versions/<v>|/labels/<l>][:predict|:classify|:regress|/metadata], /v2/... (KServe V2), "
+            "/v1/admin/... (management), /v1/events, /healthz, /readyz, /metrics"
         )
 
     def _ready(self) -> Reply:
         models = {name: mm.is_ready() for name, mm in self.manager.models.items()}
         ready = self.manager.ready()
         return Reply(200 if ready else 503, orjson.dumps({"ready": ready, "models": models}))
-
-
-async def _lifespan(receive, send) -> None:
-    while True:
-        msg = await receive()
-        if msg["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif msg["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

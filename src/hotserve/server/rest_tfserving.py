@@ -8,7 +8,8 @@ from hotserve.errors import InvalidArgument, MethodNotAllowed, NotFound
 from hotserve.protocols import tf_examples
 from hotserve.protocols import tfserving_rest as tfs
 from hotserve.runtimes.base import get_signature
-from hotserve.server.asgi import Reply, error_reply, header, read_body
+from hotserve.server.http import Request
+from hotserve.server.reply import Reply, error_reply
 from hotserve.server.context import ServerContext
 from hotserve.server.frame import Call, Done
 
@@ -35,7 +36,8 @@ class V1Routes:
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
 
-    async def dispatch(self, rest: str, method: str, scope, receive) -> Reply:
+    async def dispatch(self, rest: str, request: Request) -> Reply:
+        method = request.method
         verb = None
         if ":" in rest:
             rest, verb = rest.rsplit(":", 1)
@@ -56,8 +58,8 @@ class V1Routes:
                 raise NotFound(f"unknown verb :{verb}; expected :predict, :classify or :regress")
             if method != "POST":
                 raise MethodNotAllowed(f":{verb} takes POST, got {method}")
-            body = await read_body(receive)
-            call = Call(name, version, label, header(scope, KEY_HEADER), verb, "REST", len(body))
+            body = request.body
+            call = Call(name, version, label, request.header(KEY_HEADER), verb, "REST", len(body))
             if verb == "predict":
                 prepare, execute = self._predict(body)
             else:

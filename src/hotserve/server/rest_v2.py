@@ -13,7 +13,8 @@ from hotserve.errors import InvalidArgument, MethodNotAllowed, NotFound
 from hotserve.protocols import v2
 from hotserve.protocols.json_body import parse_object
 from hotserve.runtimes.base import get_signature
-from hotserve.server.asgi import Reply, header, read_body
+from hotserve.server.http import Request
+from hotserve.server.reply import Reply
 from hotserve.server.context import ServerContext
 from hotserve.server.frame import Call
 from hotserve.server.rest_tfserving import KEY_HEADER, reply_of
@@ -43,7 +44,8 @@ class V2Routes:
         self.ctx = ctx
         self.manager = ctx.manager
 
-    async def dispatch(self, path: str, method: str, scope, receive) -> Reply:
+    async def dispatch(self, path: str, request: Request) -> Reply:
+        method = request.method
         parts = path.strip("/").split("/")[1:]  # drop "v2"
         if not parts:
             return _json(200, {"name": "hotserve", "version": __version__, "extensions": v2.EXTENSIONS})
@@ -54,10 +56,10 @@ class V2Routes:
                 target, rest = v2.version_field(rest[1]), rest[2:]
             if rest == ["infer"]:
                 self._method(method, "POST")
-                body = await read_body(receive)
-                call = Call(name, *target, header(scope, KEY_HEADER), "infer", "REST", len(body))
-                prepare, execute = self._infer(name, body, header(scope, v2.BINARY_HEADER),
-                                               header(scope, b"content-encoding"))
+                body = request.body
+                call = Call(name, *target, request.header(KEY_HEADER), "infer", "REST", len(body))
+                prepare, execute = self._infer(name, body, request.header(v2.BINARY_HEADER),
+                                               request.header(b"content-encoding"))
                 done = await self.ctx.frame.run(call, prepare, execute, self.ctx.timeout_seconds, "--rest_api_timeout_in_ms")
                 return reply_of(done)
             self._method(method, "GET")
@@ -68,12 +70,11 @@ class V2Routes:
         if parts[0] == "repository":
             self._method(method, "POST")
             if parts[1:] == ["index"]:
-                doc = parse_object(await read_body(receive), 'a JSON object like {"ready": true}', empty={})
+                doc = parse_object(request.body, 'a JSON object like {"ready": true}', empty={})
                 return _json(200, v2.repository_index(self.manager.models, doc.get("ready") is True))
             if len(parts) == 4 and parts[1] == "models" and parts[3] in ("load", "unload"):
-                self.ctx.auth.check(header(scope, b"authorization"))
+                self.ctx.auth.check(request.header(b"authorization"))
                 mm = self.manager.get(parts[2])
-                await read_body(receive)
                 await self.ctx.blocking(control.request_load if parts[3] == "load" else control.request_unload, mm)
                 return _json(200, {})
         raise NotFound(f"no such V2 endpoint: {method} {path}")

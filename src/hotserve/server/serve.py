@@ -18,6 +18,7 @@ from hotserve.observability import events, metrics
 from hotserve.protocols import tfserving_rest
 from hotserve.server.context import build_context
 from hotserve.server.grpc_server import GrpcServer
+from hotserve.server.http import HttpServer, Limits
 from hotserve.server.rest import RestApp
 
 log = logging.getLogger("hotserve.server")
@@ -38,6 +39,7 @@ class ServeOptions:
     config_poll_seconds: float = 0.0
     admin_token: str | None = None
     reload_timeout_seconds: float = 60.0
+    http_limits: Limits = field(default_factory=Limits)
 
 
 def bind_socket(host: str, port: int, reuse_port: bool = False, listen: bool = True) -> socket.socket:
@@ -61,32 +63,6 @@ def bind_socket(host: str, port: int, reuse_port: bool = False, listen: bool = T
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-class _Uvicorn:
-    """uvicorn's Server without its own signal capture: this process owns SIGINT/SIGTERM."""
-
-    def __init__(self, app, sock: socket.socket) -> None:
-        import uvicorn
-
-        config = uvicorn.Config(
-            app, http="httptools", lifespan="off", access_log=False, log_config=None,
-            timeout_keep_alive=30, backlog=2048,
-        )
-
-        class Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self):
-                yield
-
-        self.server = Server(config)
-        self.sock = sock
-
-    async def serve(self) -> None:
-        await self.server.serve(sockets=[self.sock])
-
-    def stop(self) -> None:
-        self.server.should_exit = True
 
 
 async def serve(opts: ServeOptions) -> None:
@@ -120,10 +96,11 @@ async def serve(opts: ServeOptions) -> None:
                         opts.reload_timeout_seconds, watcher.reload_now if watcher else None)
     app = RestApp(ctx)
     metrics.WORKER = str(opts.worker_id or 0)
-    rest = _Uvicorn(app, sock)
+    rest = HttpServer(app, opts.http_limits, lambda status, message: tfserving_rest.encode_error(message))
+    stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, rest.stop)
+            loop.add_signal_handler(sig, stop.set)
     grpc_server = GrpcServer(ctx, opts.host, opts.grpc_port, reuse_port=opts.reuse_port)
     try:
         grpc_port = await grpc_server.start()
@@ -140,12 +117,13 @@ async def serve(opts: ServeOptions) -> None:
     print(f"hotserve: gRPC API listening on {_url_host(host)}:{grpc_port}", flush=True)
     print(f"hotserve: REST API listening on http://{_url_host(host)}:{port}", flush=True)
     try:
-        await rest.serve()
+        await rest.start(sock)
+        await stop.wait()
     finally:
         log.info("shutting down: draining in-flight requests and unloading models")
         if watcher is not None:
             watcher.stop()
-        await grpc_server.stop()
+        await asyncio.gather(rest.stop(), grpc_server.stop())
         await loop.run_in_executor(None, manager.stop)
         executor.shutdown(wait=False, cancel_futures=True)
 
