@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from hotserve.core.config import ModelConfig
 from hotserve.core.loaded import LoadedVersion
 from hotserve.core.router import Route, RouteTable
 from hotserve.errors import Code, InvalidArgument
@@ -32,6 +33,8 @@ class FakeModel:
         self.route = Route(name)
         self.route.table = RouteTable({lv.version: lv}, lv)
         self.inline = inline
+        self.config = ModelConfig(name, "/nowhere")
+        self.batcher = None
 
     def runs_inline(self, size: int) -> bool:
         return self.inline
@@ -114,7 +117,7 @@ def test_timeout_answers_once_with_the_bound_version(frame):
     assert "(--rest_api_timeout_in_ms)" in done.error.message
     assert lv.in_flight == 1  # still running on its version
     release.set()
-    f.executor.shutdown(wait=True)
+    f.lanes.get("fm").executor.shutdown(wait=True)
     assert lv.in_flight == 0
     # Counted once, as the timeout the client saw.
     assert (_count("fm", "7", "DEADLINE_EXCEEDED"), _count("fm", "7", "OK")) == (before[0] + 1, before[1])
@@ -127,4 +130,50 @@ def test_inline_runs_on_the_calling_thread():
     here = threading.get_ident()
     done = asyncio.run(f.run(Call("fi"), lambda: None, lambda bound, p: threading.get_ident()))
     assert done.value == here
+    pool.shutdown()
+
+
+def test_admission_refuses_beyond_the_queue_and_degrades_on_hangs():
+    """A hung model fills only its own lane: beyond its threads + queue it is refused at once
+    (429), once every thread hangs it is degraded (503), and it recovers when its calls return."""
+    from hotserve.server.admission import AdmissionOptions
+
+    lv = LoadedVersion("hung", 1, FakeServable())
+    ok = LoadedVersion("fine", 1, FakeServable())
+    pool = ThreadPoolExecutor(1)
+    f = RequestFrame(FakeManager(hung=FakeModel("hung", lv), fine=FakeModel("fine", ok)), pool,
+                     AdmissionOptions(max_concurrent_requests=2, max_queued_requests=1))
+    gate = threading.Event()
+
+    def hang(bound, p):
+        gate.wait(10)
+        return "late"
+
+    async def scenario():
+        calls = [asyncio.create_task(f.run(Call("hung"), lambda: None, hang, timeout=0.2)) for _ in range(3)]
+        await asyncio.sleep(0.05)  # let the three be admitted (2 running, 1 queued)
+        refused = await f.run(Call("hung"), lambda: None, hang, timeout=0.2)
+        assert refused.error.code is Code.RESOURCE_EXHAUSTED and "at capacity" in refused.error.message
+        assert refused.error.retry_after >= 1
+        timed_out = await asyncio.gather(*calls)
+        assert all(d.error.code is Code.DEADLINE_EXCEEDED for d in timed_out)
+        lane = f.lanes.get("hung")
+        assert lane.abandoned == 3 and lane.degraded_since is not None  # 2 hung threads + 1 never started
+        degraded = await f.run(Call("hung"), lambda: None, hang, timeout=0.2)
+        assert degraded.error.code is Code.UNAVAILABLE and "degraded" in degraded.error.message
+        assert "hung" in f.lanes.degraded()
+        # Another model is untouched.
+        fine = await f.run(Call("fine"), lambda: None, lambda bound, p: "ok", timeout=1.0)
+        assert fine.value == "ok"
+        gate.set()
+        for _ in range(200):
+            if lane.degraded_since is None:
+                break
+            await asyncio.sleep(0.01)
+        assert lane.degraded_since is None and lane.abandoned == 0
+        again = await f.run(Call("hung"), lambda: None, lambda bound, p: "back", timeout=1.0)
+        assert again.value == "back"
+
+    asyncio.run(scenario())
+    f.lanes.shutdown()
     pool.shutdown()

@@ -184,6 +184,7 @@ def test_hot_swaps_under_grpc_clients(served):
     server, channel, base, build = served
     families = [("tf 0", tfs_grpc), ("tf 1", tfs_grpc), ("triton 0", triton_grpc), ("triton 1", triton_grpc)]
     with FamilyClients(server, families) as clients:
+        wait_for(lambda: clients.count(1) >= 10, 20, "version 1 to serve the clients first")
         for v in range(2, 7):
             affine_version(base, v, build)
             wait_state(server, v, "AVAILABLE")

@@ -48,6 +48,8 @@ def test_a_crashed_worker_is_restarted(repo, start_server):
     base, build = repo
     affine_version(base, 1, build)
     server = start_server(base, "--num_workers", "2")
+    # /readyz answers once one worker is ready; the test is about a worker that had loaded.
+    wait_for(lambda: _all_available(server, 1), 20, "both workers to load the model")
     victim = _worker_pids(server)[1]
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: len(re.findall(r"worker 1 started", server.log())) == 2, 20, "worker 1 to be restarted")

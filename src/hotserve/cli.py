@@ -68,7 +68,10 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
                "POST /v1/admin/config:reload); an invalid file is reported and the running config stays")
     _flag(p, "admin_token", default=None, metavar="TOKEN",
           help="enables the management API (labels, canary, pin, rollback, load/unload, config reload) for callers "
-               "sending 'Authorization: Bearer TOKEN'; also read from HOTSERVE_ADMIN_TOKEN. Without it that API is off")
+               "sending 'Authorization: Bearer TOKEN'. Prefer --admin_token_file or HOTSERVE_ADMIN_TOKEN: a token on "
+               "the command line is readable by every local user in /proc/<pid>/cmdline. Without a token that API is off")
+    _flag(p, "admin_token_file", default=None, metavar="PATH",
+          help="read the admin token from this file (first line; keep it mode 0600): the way to pass it")
     _flag(p, "memory_budget", default=None, metavar="SIZE",
           help="memory the loaded versions may use together, e.g. 4GiB (default: no limit); each version counts "
                "its RSS growth at load, or its files' size before it loads")
@@ -84,7 +87,34 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "version_settle_seconds", type=_non_negative(float), default=1.0, metavar="S",
           help="a version directory copied in by hand (no manifest) is loaded only after its files were unchanged this long (default 1)")
     _flag(p, "rest_api_num_threads", type=_non_negative(int), default=0, metavar="N",
-          help="worker threads for REST requests (default 0: 4 x CPU cores)")
+          help="threads running one model's requests at once, REST and gRPC (default 0: 4 x CPU cores); the same as "
+               "--max_concurrent_requests, under TF Serving's name")
+    _flag(p, "max_concurrent_requests", type=_non_negative(int), default=0, metavar="N",
+          help="per model: requests running at once, each model in its own threads so a slow or hung model cannot "
+               "starve others (default 0: 4 x CPU cores; a model config's max_concurrent_requests wins)")
+    _flag(p, "max_queued_requests", type=_non_negative(int), default=128, metavar="N",
+          help="per model: requests waiting for a thread; beyond it, and when the queue would outlast the timeout, "
+               "requests are refused at once with 429 / RESOURCE_EXHAUSTED and Retry-After (default 128)")
+    _flag(p, "degraded_liveness_seconds", type=_non_negative(float), default=300.0, metavar="S",
+          help="a model whose every thread is stuck in calls that timed out is degraded (refused at once, named by "
+               "/readyz); degraded this long, /healthz fails so an orchestrator restarts the server (default 300)")
+    _flag(p, "rest_api_max_body_bytes", type=_non_negative(int), default=64 << 20, metavar="BYTES",
+          help="largest REST request body, also after Content-Encoding is undone; larger answers 413 (default 64 MiB). "
+               "gRPC keeps its own message limit (2 GiB, as TF Serving)")
+    _flag(p, "rest_api_max_header_bytes", type=_non_negative(int), default=64 << 10, metavar="BYTES",
+          help="request line + headers, in total; larger answers 431 (default 64 KiB)")
+    _flag(p, "rest_api_max_headers", type=_non_negative(int), default=100, metavar="N",
+          help="request header lines; more answer 431 (default 100)")
+    _flag(p, "rest_api_header_timeout_seconds", type=_non_negative(float), default=10.0, metavar="S",
+          help="a request's headers must arrive within this long of its first byte, else 408 and close (default 10)")
+    _flag(p, "rest_api_body_timeout_seconds", type=_non_negative(float), default=60.0, metavar="S",
+          help="a request's body must arrive within this long of its headers, else 408 and close (default 60)")
+    _flag(p, "rest_api_idle_timeout_seconds", type=_non_negative(float), default=30.0, metavar="S",
+          help="close a keep-alive connection idle this long (default 30)")
+    _flag(p, "max_request_tensor_bytes", type=_non_negative(int), default=256 << 20, metavar="BYTES",
+          help="the tensors a request declares (shape x element size, checked before anything is allocated) may be "
+               "this large, or twice the request's own size if that is more; larger answers 413 / RESOURCE_EXHAUSTED "
+               "(default 256 MiB)")
     _flag(p, "rest_api_timeout_in_ms", type=_non_negative(int), default=30000, metavar="MS",
           help="a REST request that takes longer answers 504 (default 30000)")
     _flag(p, "num_load_threads", type=_non_negative(int), default=1, metavar="N",
@@ -114,12 +144,35 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "log_format", default="text", choices=["text", "json"], help="text, or one JSON object per line")
 
 
+def _admin_token(args: argparse.Namespace) -> str | None:
+    """--admin_token_file, else --admin_token (which warns), else HOTSERVE_ADMIN_TOKEN."""
+    import logging
+    import os
+
+    from hotserve.server.auth import ENV_VAR
+
+    if args.admin_token_file:
+        with open(args.admin_token_file, encoding="utf-8") as f:
+            token = f.readline().strip()
+        if not token:
+            raise ValueError(f"{args.admin_token_file} is empty; expected the token on its first line")
+        return token
+    if args.admin_token:
+        logging.getLogger("hotserve.server").warning(
+            "--admin_token on the command line is readable by every local user (/proc/<pid>/cmdline, ps); "
+            "pass it with --admin_token_file or %s instead", ENV_VAR)
+        return args.admin_token
+    return os.environ.get(ENV_VAR) or None
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from hotserve.core.config import ModelConfig
     from hotserve.core.manager import ManagerOptions
     from hotserve.core.policy import Latest
     from hotserve.observability.logs import setup_logging
     from hotserve.runtimes.registry import RuntimeOptions
+    from hotserve.server.admission import AdmissionOptions
+    from hotserve.server.http import Limits
     from hotserve.server.serve import ServeOptions, run
 
     import os
@@ -163,6 +216,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"hotserve serve: --batching_parameters_file: {exc}", file=sys.stderr)
         return 2
     setup_logging(args.log_level, args.log_format, args.worker_id)
+    try:
+        token = _admin_token(args)
+    except (OSError, ValueError) as exc:
+        print(f"hotserve serve: --admin_token_file: {exc}", file=sys.stderr)
+        return 2
     if args.num_workers < 1:
         print(f"hotserve serve: --num_workers must be >= 1, got {args.num_workers}", file=sys.stderr)
         return 2
@@ -178,7 +236,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         models=models,
         config_file=args.model_config_file,
         config_poll_seconds=args.model_config_file_poll_wait_seconds,
-        admin_token=args.admin_token or os.environ.get(ENV_VAR) or None,
+        admin_token=token,
         reload_timeout_seconds=args.reload_config_timeout_seconds,
         manager=ManagerOptions(
             runtime=RuntimeOptions(args.intra_op, args.inter_op),
@@ -196,8 +254,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         rest_api_port=args.rest_api_port,
         grpc_port=args.port,
-        rest_api_num_threads=args.rest_api_num_threads,
         rest_api_timeout_seconds=args.rest_api_timeout_in_ms / 1000.0,
+        http_limits=Limits(args.rest_api_max_body_bytes, args.rest_api_max_header_bytes, args.rest_api_max_headers,
+                           args.rest_api_header_timeout_seconds, args.rest_api_body_timeout_seconds,
+                           args.rest_api_idle_timeout_seconds),
+        max_request_tensor_bytes=args.max_request_tensor_bytes,
+        admission=AdmissionOptions(args.max_concurrent_requests or args.rest_api_num_threads or 4 * (os.cpu_count() or 1),
+                                   args.max_queued_requests, args.degraded_liveness_seconds),
         reuse_port=args.reuse_port,
         worker_id=args.worker_id,
     )

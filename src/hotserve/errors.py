@@ -94,3 +94,8 @@ class LoadError(HotserveError):
     """A version could not be loaded, verified or validated."""
 
     code = Code.FAILED_PRECONDITION
+
+
+def clip(text: str, limit: int = 64) -> str:
+    """Client-supplied text (a model name, a label), cut for echoing in a message."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

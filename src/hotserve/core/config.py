@@ -54,6 +54,9 @@ class ModelConfig:
     canary: CanaryConfig | None = None
     # None: the server's --enable_batching setting; False: off for this model; parameters: its own.
     batching: BatchingParameters | bool | None = None
+    # Admission control (None: the server's --max_concurrent_requests / --max_queued_requests).
+    max_concurrent_requests: int | None = None
+    max_queued_requests: int | None = None
 
 
 def _policy_from_proto(p) -> VersionPolicy:
@@ -102,7 +105,17 @@ def from_proto(server_config) -> list[ModelConfig]:
     return validate(_from_proto(server_config))
 
 
-_MODEL_KEYS = {"name", "base_path", "model_platform", "model_version_policy", "version_labels", "canary", "batching"}
+_MODEL_KEYS = {"name", "base_path", "model_platform", "model_version_policy", "version_labels", "canary", "batching",
+               "max_concurrent_requests", "max_queued_requests"}
+
+
+def _limit(m: dict, key: str, where: str, minimum: int) -> int | None:
+    value = m.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{where}: {key} must be an integer >= {minimum}, got {value!r}")
+    return value
 
 
 def _policy_from_yaml(p, where: str) -> VersionPolicy:
@@ -185,6 +198,8 @@ def parse_yaml(text: str) -> list[ModelConfig]:
             platform=str(m.get("model_platform", "")),
             canary=canary,
             batching=batching,
+            max_concurrent_requests=_limit(m, "max_concurrent_requests", where, 1),
+            max_queued_requests=_limit(m, "max_queued_requests", where, 0),
         ))
     return validate(out)
 

@@ -20,7 +20,7 @@ from hotserve.core.inline import inline_ok
 from hotserve.core.loaded import LoadedVersion
 from hotserve.core.memory import MemoryBudget
 from hotserve.core.model_manager import ManagerOptions, ModelManager
-from hotserve.errors import NotFound, Unavailable
+from hotserve.errors import NotFound, Unavailable, clip
 from hotserve.observability.events import BUS, EventBus, ModelAdded, ModelRemoved
 from hotserve.repository.storage import normalize_base_path
 
@@ -62,7 +62,7 @@ class Manager:
     def get(self, name: str) -> ModelManager:
         mm = self.models.get(name)
         if mm is None:
-            raise NotFound(f"Servable not found for request: model {name!r} is not configured on this server")
+            raise NotFound(f"Servable not found for request: model {clip(name)!r} is not configured on this server")
         return mm
 
     def start(self) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from hotserve.core.loaded import LoadedVersion
 from hotserve.core.planner import TableSpec
-from hotserve.errors import NotFound, Unavailable
+from hotserve.errors import NotFound, Unavailable, clip
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class RouteTable:
             lv = self.labels.get(label)
             if lv is None:
                 known = ", ".join(f"{k}={v.version}" for k, v in sorted(self.labels.items())) or "none"
-                raise NotFound(f"Servable not found for request: label {label!r} of model {model!r} is not assigned "
+                raise NotFound(f"Servable not found for request: label {clip(label)!r} of model {model!r} is not assigned "
                                f"to an available version; labels: {known}")
             return lv
         if version is not None:

@@ -368,6 +368,22 @@ class ModelRemoved(Event):
 
 
 @dataclass(frozen=True)
+class ModelDegraded(Event):
+    """A model's calls keep hanging (degraded: its requests are refused at once), or it recovered."""
+
+    kind: ClassVar[str] = "model_degraded"
+    level: ClassVar[int] = logging.WARNING
+    degraded: bool = True
+    hung_calls: int = 0
+    reason: str = ""
+
+    def summary(self) -> str:
+        if self.degraded:
+            return f"model {self.model}: degraded, {self.hung_calls} call(s) hung ({self.reason}); refusing its requests"
+        return f"model {self.model}: recovered ({self.reason})"
+
+
+@dataclass(frozen=True)
 class Notice(Event):
     """Anything else worth a line in the timeline (memory waits, unload-first, pinned version gone)."""
 

@@ -187,6 +187,11 @@ BATCH_QUEUE_SECONDS = REGISTRY.add(Histogram(
     "hotserve_batch_queue_seconds", "Time from a batch's first request to its run.",
     ("model",), (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5)))
 CONFIG_RELOADS = REGISTRY.add(Counter("hotserve_config_reloads_total", "Model config reloads by outcome.", ("outcome",)))
+REJECTIONS = REGISTRY.add(Counter("hotserve_rejections_total",
+                                  "Requests refused by a limit before they ran, by model ('' before routing) and reason.",
+                                  ("model", "reason")))
+DEGRADED = REGISTRY.add(Gauge("hotserve_model_degraded", "1 while a model's calls hang and its requests are refused.",
+                              ("model",)))
 GATES = REGISTRY.add(Counter("hotserve_gate_results_total", "Gate verdicts on versions by gate and outcome.",
                              ("model", "gate", "outcome")))
 STORAGE_OUTAGES = REGISTRY.add(Counter("hotserve_storage_outages_total",
@@ -260,6 +265,8 @@ def _on_event(record: events.Record) -> None:
     elif isinstance(ev, events.StorageOutage):
         if not ev.ended:
             STORAGE_OUTAGES.inc((ev.model,))
+    elif isinstance(ev, events.ModelDegraded):
+        DEGRADED.set((ev.model,), 1.0 if ev.degraded else 0.0)
     elif isinstance(ev, events.ConfigReloaded):
         CONFIG_RELOADS.inc((ev.outcome,))
 

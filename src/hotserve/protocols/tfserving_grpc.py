@@ -9,6 +9,7 @@ import numpy as np
 
 from hotserve.core.states import VersionStatus
 from hotserve.errors import InvalidArgument
+from hotserve.protocols.limits import TensorBudget
 from hotserve.protos import tensors
 from hotserve.protos.tensorflow.core.protobuf import meta_graph_pb2
 from hotserve.protos.tensorflow_serving.apis import (
@@ -31,9 +32,10 @@ def requested_version(spec) -> tuple[int | None, str | None]:
 
 def decode_predict(req: predict_pb2.PredictRequest) -> dict[str, np.ndarray]:
     inputs = {}
+    budget = TensorBudget(req.ByteSize())
     for name, tp in req.inputs.items():
         try:
-            inputs[name] = tensors.to_numpy(tp)
+            inputs[name] = tensors.to_numpy(tp, budget)
         except ValueError as exc:
             raise InvalidArgument(f"input {name!r}: {exc}") from None
     return inputs

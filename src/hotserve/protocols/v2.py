@@ -48,6 +48,9 @@ def raw_to_numpy(buf: bytes | memoryview, datatype: str, shape: tuple[int, ...],
     """Decode one tensor's raw bytes; fixed-size types become a zero-copy view of `buf`."""
     n = _count(shape)
     if datatype == "BYTES":
+        if 4 * n > len(buf):  # checked before allocating: each element needs its 4-byte length
+            raise InvalidArgument(f"{where}: {len(buf)} bytes of BYTES data cannot hold the {n} elements shape "
+                                  f"{list(shape)} declares (each needs at least a 4-byte length prefix)")
         out = np.empty(n, dtype=object)
         mv = memoryview(buf)
         pos = 0

@@ -3,6 +3,8 @@ ModelInferResponse outputs (raw contents, as Triton answers)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from hotserve import dtypes
@@ -36,13 +38,13 @@ def decode_infer(req: pb.ModelInferRequest) -> dict[str, np.ndarray]:
         field = _CONTENTS_FIELD.get(t.datatype)
         if field is None:
             raise InvalidArgument(f"{where}: datatype {t.datatype!r} has no typed contents field; send it in raw_input_contents")
-        values = list(getattr(t.contents, field))
-        n = int(np.prod(shape)) if shape else 1
+        values = getattr(t.contents, field)
+        n = math.prod(shape)  # Python ints: np.prod would wrap around for huge shapes
         if len(values) != n:
             raise InvalidArgument(f"{where}: contents.{field} has {len(values)} values but shape {list(shape)} needs {n}")
         if t.datatype == "BYTES":
             arr = np.empty(n, dtype=object)
-            arr[:] = values
+            arr[:] = list(values)
         else:
             arr = np.asarray(values, dtype=dtypes.BY_V2_NAME[t.datatype].numpy)
         inputs[t.name] = arr.reshape(shape)

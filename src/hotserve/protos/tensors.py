@@ -120,12 +120,14 @@ def _shape(tp: Any) -> tuple[int, ...]:
     return shape
 
 
-def to_numpy(tp: Any) -> np.ndarray:
+def to_numpy(tp: Any, budget: Any = None) -> np.ndarray:
     """Decode a TensorProto (ours, or any message with the same fields, e.g. TensorFlow's).
 
     Numeric results decoded from tensor_content are zero-copy views of the proto's bytes and
     therefore read-only; copy before mutating. DT_STRING yields an object array of bytes.
     Raises ValueError naming the inconsistency when the proto does not describe a valid tensor.
+    `budget` (protocols.limits.TensorBudget) is charged with a broadcast's size before the
+    broadcast is allocated: one value filling a huge shape is where a small message grows.
     """
     enum = tp.dtype
     if enum == types_pb2.DT_INVALID:
@@ -155,6 +157,8 @@ def to_numpy(tp: Any) -> np.ndarray:
             raise ValueError(f"{name} tensor carries values in {other}; this type uses {field} or tensor_content")
 
     values = getattr(tp, field)
+    if budget is not None and len(values) != count:
+        budget.charge(f"{field} broadcast", shape, 8 if enum == DT_STRING else np_dtype.itemsize)
     if enum == DT_STRING:
         return _strings(values, shape, count, name)
 

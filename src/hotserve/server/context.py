@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from hotserve.core.manager import Manager
+from hotserve.server.admission import AdmissionOptions
 from hotserve.server.auth import AdminAuth
 from hotserve.server.frame import RequestFrame
 
@@ -31,6 +32,7 @@ class ServerContext:
 
 def build_context(manager: Manager, executor: ThreadPoolExecutor, admin_token: str | None = None,
                   timeout_seconds: float = 30.0, reload_timeout_seconds: float = 60.0,
-                  reload_config: Callable[[], dict] | None = None) -> ServerContext:
-    return ServerContext(manager, RequestFrame(manager, executor), executor, AdminAuth(admin_token), timeout_seconds,
-                         reload_timeout_seconds, reload_config)
+                  reload_config: Callable[[], dict] | None = None,
+                  admission: AdmissionOptions | None = None) -> ServerContext:
+    return ServerContext(manager, RequestFrame(manager, executor, admission), executor, AdminAuth(admin_token),
+                         timeout_seconds, reload_timeout_seconds, reload_config)

@@ -27,6 +27,8 @@ from hotserve.core.loaded import LoadedVersion
 from hotserve.core.manager import Manager
 from hotserve.errors import Code, HotserveError
 from hotserve.observability import metrics
+from hotserve.observability.events import BUS
+from hotserve.server.admission import AdmissionOptions, Lane, Lanes, Rejected
 
 log = logging.getLogger("hotserve.frame")
 
@@ -64,13 +66,19 @@ class Observer(Protocol):
 class _Slot:
     """Shared by a request's thread and its waiter: the bound version, and who answered first."""
 
-    __slots__ = ("lv", "_lock", "_timed_out", "_done")
+    __slots__ = ("lv", "lane", "_lock", "_timed_out", "_done")
 
-    def __init__(self) -> None:
+    def __init__(self, lane: Lane | None = None) -> None:
         self.lv: LoadedVersion | None = None
+        self.lane = lane
         self._lock = threading.Lock()
         self._timed_out = False
         self._done = False
+
+    def started(self) -> bool:
+        """Called by the thread before it works: False if the waiter already gave up."""
+        with self._lock:
+            return not self._timed_out
 
     def answered(self) -> bool:
         """Called by the thread when it finishes: True if the waiter already answered 504."""
@@ -96,15 +104,28 @@ def _as_error(exc: Exception, lv: LoadedVersion | None) -> HotserveError:
 
 
 class RequestFrame:
-    def __init__(self, manager: Manager, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, manager: Manager, executor: ThreadPoolExecutor, admission: AdmissionOptions | None = None) -> None:
         self.manager = manager
-        self.executor = executor
+        self.executor = executor  # management calls; model requests run in their model's lane
+        self.lanes = Lanes(admission or AdmissionOptions(), getattr(manager, "bus", BUS))
         self.observers: list[Observer] = []
+
+    def lane(self, model: str) -> Lane | None:
+        mm = self.manager.models.get(model)
+        if mm is None:
+            return None
+        cfg = mm.config
+        floor = 2 * mm.batcher.params.max_batch_size if mm.batcher is not None else 0
+        want = max(cfg.max_concurrent_requests or self.lanes.options.max_concurrent_requests, floor)
+        return self.lanes.get(model, want, cfg.max_queued_requests)
 
     def run_sync(self, call: Call, prepare: Callable[[], P], execute: Callable[[LoadedVersion, P], R],
                  slot: "_Slot | None" = None) -> Done[R]:
         """The whole frame in the calling thread (a worker thread, or the loop when inline)."""
         t0 = time.perf_counter()
+        if slot is not None and not slot.started():
+            slot.lane.returned(0.0)  # gave up on while queued: do not run it at all
+            return Done(None, None, None)
         lv: LoadedVersion | None = None
         value = None
         err: HotserveError | None = None
@@ -126,9 +147,12 @@ class RequestFrame:
                 lv.release()
         seconds = time.perf_counter() - t0
         version = lv.version_str if lv is not None else None
-        if slot is None or not slot.answered():
+        late = slot is not None and slot.answered()
+        if not late:
             metrics.record_request(call.model, version or "", call.api, call.entrypoint,
                                    err.code.value if err else "OK", seconds)
+        if slot is not None and slot.lane is not None:
+            (slot.lane.returned if late else slot.lane.done)(seconds)
         return Done(value, err, version, seconds)
 
     async def run(self, call: Call, prepare: Callable[[], P], execute: Callable[[LoadedVersion, P], R],
@@ -138,16 +162,24 @@ class RequestFrame:
         answer DEADLINE_EXCEEDED then (the work finishes in its thread; its handle is released
         there)."""
         mm = self.manager.models.get(call.model)
-        if mm is not None and mm.runs_inline(call.size):
-            return self.run_sync(call, prepare, execute)
+        if mm is None or mm.runs_inline(call.size):
+            return self.run_sync(call, prepare, execute)  # unknown model (a cheap 404) or a measured-cheap one
+        lane = self.lane(call.model)
+        try:
+            lane.admit(timeout)
+        except Rejected as exc:
+            metrics.record_request(call.model, "", call.api, call.entrypoint, exc.code.value, 0.0)
+            metrics.REJECTIONS.inc((call.model, "degraded" if exc.code is Code.UNAVAILABLE else "queue_full"))
+            return Done(None, exc, None)
         loop = asyncio.get_running_loop()
-        slot = _Slot()
-        future = loop.run_in_executor(self.executor, self.run_sync, call, prepare, execute, slot)
+        slot = _Slot(lane)
+        future = loop.run_in_executor(lane.executor, self.run_sync, call, prepare, execute, slot)
         if timeout is None:
             return await future
         done, _ = await asyncio.wait({future}, timeout=timeout)
         if done or not slot.time_out():
             return await future  # finished (just now, perhaps): its answer stands
+        lane.timed_out()
         version = slot.lv.version_str if slot.lv is not None else None
         metrics.record_request(call.model, version or "", call.api, call.entrypoint, Code.DEADLINE_EXCEEDED.value,
                                timeout)

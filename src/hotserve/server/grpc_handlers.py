@@ -55,9 +55,16 @@ def framed(plan: Planner, req_cls, resp_cls, ctx: ServerContext) -> grpc.RpcMeth
         if mm is not None and mm.inline_ok:
             # ByteSize() walks the message (0.3 us at 3 KiB, 0.8 ms at 12 MiB): ask only when inline is possible.
             call.size = request.ByteSize()
-        done = await ctx.frame.run(call, prepare, execute)
+        # The client's deadline bounds the call (and frees the model's slot when it passes); without
+        # one, the REST timeout applies, so a hung model cannot hold a gRPC call forever.
+        remaining = context.time_remaining()
+        timeout = min(remaining, ctx.timeout_seconds) if remaining is not None else ctx.timeout_seconds
+        done = await ctx.frame.run(call, prepare, execute, timeout, "the call's deadline or --rest_api_timeout_in_ms")
         trailing = ((VERSION_METADATA, done.version),) if done.version else ()
         if done.error is not None:
+            retry = getattr(done.error, "retry_after", None)
+            if retry is not None:
+                trailing += (("retry-after", str(max(1, int(retry + 0.999)))),)
             await context.abort(grpc.StatusCode[done.error.code.value], done.error.message, trailing_metadata=trailing)
             return
         context.set_trailing_metadata(trailing)

@@ -63,7 +63,7 @@ class RestApp:
         if path == "/v1/events":
             return await events_reply(self.manager.bus, request.query)
         if path in ("/healthz", "/v2/health/live"):
-            return Reply(200, b'{"live":true}')
+            return self._live()
         if path in ("/readyz", "/v2/health/ready"):
             return self._ready()
         if path == "/v2" or path.startswith("/v2/"):
@@ -75,6 +75,19 @@ class RestApp:
         )
 
     def _ready(self) -> Reply:
-        models = {name: mm.is_ready() for name, mm in self.manager.models.items()}
-        ready = self.manager.ready()
-        return Reply(200 if ready else 503, orjson.dumps({"ready": ready, "models": models}))
+        """200 once every model has an available version and none is degraded (its calls hang)."""
+        degraded = self.ctx.frame.lanes.degraded()
+        models = {name: mm.is_ready() and name not in degraded for name, mm in self.manager.models.items()}
+        ready = self.manager.ready() and not degraded
+        doc = {"ready": ready, "models": models}
+        if degraded:
+            doc["degraded"] = degraded
+        return Reply(200 if ready else 503, orjson.dumps(doc))
+
+    def _live(self) -> Reply:
+        """200 while the server can serve; 503 once a model has been degraded so long that only a
+        restart gets its hung threads back (AdmissionOptions.wedged_seconds)."""
+        wedged = self.ctx.frame.lanes.wedged()
+        if wedged:
+            return Reply(503, orjson.dumps({"live": False, "wedged": wedged}), code="UNAVAILABLE")
+        return Reply(200, b'{"live":true}')

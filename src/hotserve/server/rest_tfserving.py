@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hotserve.core import inference
 from hotserve.core.loaded import LoadedVersion
-from hotserve.errors import InvalidArgument, MethodNotAllowed, NotFound
+from hotserve.errors import InvalidArgument, MethodNotAllowed, NotFound, clip
 from hotserve.protocols import tf_examples
 from hotserve.protocols import tfserving_rest as tfs
 from hotserve.runtimes.base import get_signature
@@ -20,7 +20,7 @@ _VERBS = ("predict", "classify", "regress")
 
 def parse_version(text: str) -> int:
     if not text.isdigit():
-        raise InvalidArgument(f"version must be a non-negative integer, got {text!r}")
+        raise InvalidArgument(f"version must be a non-negative integer, got {clip(text)!r}")
     return int(text)
 
 

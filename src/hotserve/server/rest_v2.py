@@ -3,14 +3,12 @@ repository extensions."""
 
 from __future__ import annotations
 
-import zlib
-
 import orjson
 
 from hotserve import __version__
 from hotserve.core import control, inference
 from hotserve.errors import InvalidArgument, MethodNotAllowed, NotFound
-from hotserve.protocols import v2
+from hotserve.protocols import limits, v2
 from hotserve.protocols.json_body import parse_object
 from hotserve.runtimes.base import get_signature
 from hotserve.server.http import Request
@@ -24,19 +22,6 @@ _OCTET = (b"content-type", b"application/octet-stream")
 
 def _json(status: int, doc, version: str | None = None) -> Reply:
     return Reply(status, orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), version)
-
-
-def _decompress(body: bytes, encoding: str | None) -> bytes:
-    if not encoding or encoding == "identity":
-        return body
-    try:
-        if encoding == "gzip":
-            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
-        if encoding == "deflate":
-            return zlib.decompress(body)
-    except zlib.error as exc:
-        raise InvalidArgument(f"request body is not valid {encoding}: {exc}") from None
-    raise InvalidArgument(f"unsupported Content-Encoding {encoding!r}; expected gzip, deflate or none")
 
 
 class V2Routes:
@@ -111,7 +96,7 @@ class V2Routes:
                 header_len = int(hdr) if hdr is not None else None
             except ValueError:
                 raise InvalidArgument(f"Inference-Header-Content-Length must be an integer, got {hdr!r}") from None
-            return v2.decode_infer(_decompress(body, enc), header_len)
+            return v2.decode_infer(limits.decompress(body, enc), header_len)
 
         def execute(lv, req: v2.InferRequest):
             sig = get_signature(lv.servable, None)

@@ -15,7 +15,8 @@ from hotserve.core.config import ModelConfig
 from hotserve.core.config_watcher import ConfigFileWatcher
 from hotserve.core.manager import Manager, ManagerOptions
 from hotserve.observability import events, metrics
-from hotserve.protocols import tfserving_rest
+from hotserve.protocols import limits, tfserving_rest
+from hotserve.server.admission import AdmissionOptions
 from hotserve.server.context import build_context
 from hotserve.server.grpc_server import GrpcServer
 from hotserve.server.http import HttpServer, Limits
@@ -31,7 +32,6 @@ class ServeOptions:
     host: str = "0.0.0.0"
     rest_api_port: int = 8501
     grpc_port: int = 8500
-    rest_api_num_threads: int = 0  # 0: 4 x cores, like TF Serving
     rest_api_timeout_seconds: float = 30.0
     reuse_port: bool = False
     worker_id: int | None = None  # set in --num_workers mode
@@ -40,6 +40,8 @@ class ServeOptions:
     admin_token: str | None = None
     reload_timeout_seconds: float = 60.0
     http_limits: Limits = field(default_factory=Limits)
+    admission: AdmissionOptions = field(default_factory=AdmissionOptions)
+    max_request_tensor_bytes: int = 256 << 20
 
 
 def bind_socket(host: str, port: int, reuse_port: bool = False, listen: bool = True) -> socket.socket:
@@ -66,14 +68,10 @@ def _url_host(host: str) -> str:
 
 
 async def serve(opts: ServeOptions) -> None:
-    threads = opts.rest_api_num_threads or 4 * (os.cpu_count() or 1)
-    batch_sizes = [m.batching.max_batch_size for m in opts.models if hasattr(m.batching, "max_batch_size")]
-    if opts.manager.batching is not None:
-        batch_sizes.append(opts.manager.batching.max_batch_size)
-    if batch_sizes and not opts.rest_api_num_threads:
-        # A request waits for its batch in a worker thread: enough threads to fill two batches.
-        threads = max(threads, min(1024, 2 * max(batch_sizes)))
-    executor = ThreadPoolExecutor(threads, thread_name_prefix="rest")
+    # Management calls (labels, loads, reloads) wait in these threads; model requests run in
+    # their model's own lane (server/admission.py).
+    executor = ThreadPoolExecutor(4, thread_name_prefix="mgmt")
+    limits.configure(opts.max_request_tensor_bytes, opts.http_limits.max_body_bytes)
     metrics.subscribe(events.BUS)
     events.subscribe_logging(events.BUS, logging.getLogger("hotserve.manager"))
     # warmup.json and golden.json hold TF Serving REST predict bodies: the REST decoder reads them.
@@ -93,10 +91,11 @@ async def serve(opts: ServeOptions) -> None:
     watcher = ConfigFileWatcher(opts.config_file, manager, opts.config_poll_seconds,
                                 opts.reload_timeout_seconds) if opts.config_file else None
     ctx = build_context(manager, executor, opts.admin_token, opts.rest_api_timeout_seconds,
-                        opts.reload_timeout_seconds, watcher.reload_now if watcher else None)
+                        opts.reload_timeout_seconds, watcher.reload_now if watcher else None, opts.admission)
     app = RestApp(ctx)
     metrics.WORKER = str(opts.worker_id or 0)
-    rest = HttpServer(app, opts.http_limits, lambda status, message: tfserving_rest.encode_error(message))
+    rest = HttpServer(app, opts.http_limits, lambda status, message: tfserving_rest.encode_error(message),
+                      lambda reason: metrics.REJECTIONS.inc(("", reason)))
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -126,6 +125,7 @@ async def serve(opts: ServeOptions) -> None:
         await asyncio.gather(rest.stop(), grpc_server.stop())
         await loop.run_in_executor(None, manager.stop)
         executor.shutdown(wait=False, cancel_futures=True)
+        ctx.frame.lanes.shutdown()
 
 
 def run(opts: ServeOptions) -> int:
