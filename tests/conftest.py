@@ -81,11 +81,12 @@ def start_server(tmp_path):
     """start_server(base, *flags) -> a started ServerProcess serving model 'm'; all are stopped at teardown."""
     servers: list[ServerProcess] = []
 
-    def start(base: str | None, *flags: str, wait_ready: bool = True) -> ServerProcess:
+    def start(base: str | None, *flags: str, wait_ready: bool = True, prefix: list[str] | None = None,
+              env: dict | None = None) -> ServerProcess:
         """base=None: the flags name the models (--model_config_file)."""
         model = ["--model_name", "m", "--model_base_path", base] if base is not None else []
         args = [*model, "--file_system_poll_wait_seconds", "0.2", "--version_settle_seconds", "0.5", *flags]
-        server = ServerProcess(args, str(tmp_path / f"server{len(servers)}.log"))
+        server = ServerProcess(args, str(tmp_path / f"server{len(servers)}.log"), env=env, prefix=prefix)
         servers.append(server)
         server.start()
         if wait_ready:
@@ -124,6 +125,25 @@ def _state(server: ServerProcess, model: str, version: int) -> str | None:
     if code == 404:
         return None  # the model is not configured (yet)
     return status(server, model).get(version, {}).get("state")
+
+
+def wait_event(server: ServerProcess, kind: str, timeout: float = 20.0, after: int = 0, **match) -> dict:
+    """Block on the server's event bus (GET /v1/events, long polling) until an event of `kind`
+    whose fields equal `match` arrives after sequence number `after`; returns it."""
+    import json
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no {kind} event {match} within {timeout}s; log:\n{server.log()[-3000:]}")
+        code, body = server.get(f"/v1/events?after={after}&kind={kind}&wait={min(left, 5):.2f}", timeout=left + 5)
+        assert code == 200, body
+        doc = json.loads(body)
+        for ev in doc["events"]:
+            if all(ev.get(k) == v for k, v in match.items()):
+                return ev
+        after = doc["last"]
 
 
 def wait_state(server: ServerProcess, version: int, state: str, timeout: float = 20.0, model: str = "m") -> None:

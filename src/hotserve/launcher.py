@@ -18,8 +18,9 @@ _GRPC_LISTENING = re.compile(r"gRPC API listening on (\S+)")
 
 class ServerProcess:
     def __init__(self, args: list[str], log_path: str, env: dict | None = None, port: int = 0,
-                 subcommand: bool = True) -> None:
+                 subcommand: bool = True, prefix: list[str] | None = None) -> None:
         self.args = args
+        self.prefix = prefix or []  # e.g. setpriv to drop capabilities
         self.subcommand = subcommand
         self.port = port
         self.log_path = log_path
@@ -29,7 +30,7 @@ class ServerProcess:
         self.grpc_target = ""  # host:port for grpc.insecure_channel
 
     def start(self, timeout: float = 30.0) -> "ServerProcess":
-        cmd = [sys.executable, "-m", "hotserve", *(["serve"] if self.subcommand else []), "--host", "127.0.0.1", "--rest_api_port", str(self.port), "--port", "0", *self.args]
+        cmd = [*self.prefix, sys.executable, "-m", "hotserve", *(["serve"] if self.subcommand else []), "--host", "127.0.0.1", "--rest_api_port", str(self.port), "--port", "0", *self.args]
         self._log = open(self.log_path, "wb")  # a fresh log: an old "listening" line must not match
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env or os.environ.copy())
         deadline = time.monotonic() + timeout

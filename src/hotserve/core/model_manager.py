@@ -27,7 +27,7 @@ from hotserve.core.loader import VersionLoader
 from hotserve.core.memory import MemoryBudget
 from hotserve.core.router import Route, RouteTable
 from hotserve.core.states import VersionBook, VersionState, VersionStatus
-from hotserve.errors import NotFound
+from hotserve.errors import Code, NotFound
 from hotserve.observability.events import BUS, EventBus, Notice, Retired, StorageOutage, Swapped
 from hotserve.repository.routing_store import FileRoutingStore, RoutingStore
 from hotserve.repository.scanner import Fingerprint, ScanResult, VersionInfo, VersionScanner
@@ -95,6 +95,7 @@ class ModelManager:
         self._loaded: dict[int, LoadedVersion] = {}  # written by the reconcile thread only
         self._loaded_lock = threading.Lock()
         self._failed: dict[int, Fingerprint] = {}
+        self._unreadable: dict[int, str] = {}
         self._pending: ScanResult | None = None
         self._last_scan = ScanResult(complete={})
         self._reconciles = 0
@@ -249,6 +250,7 @@ class ModelManager:
         return self._pending is not None or self._stopping
 
     def _reconcile(self, scan: ScanResult) -> None:
+        scan = self._keep_unreadable_loaded(scan)
         self._last_scan = scan
         complete = scan.complete
         for v, fp in list(self._failed.items()):
@@ -290,6 +292,36 @@ class ModelManager:
             else:
                 return  # superseded by a newer scan or a stop
         self.book.trim(set(complete))
+
+    def _keep_unreadable_loaded(self, scan: ScanResult) -> ScanResult:
+        """A loaded version whose directory became unreadable keeps serving its loaded copy (it
+        stays 'complete' with what we knew of it); one never loaded ends in END with the reason.
+        Either way its status says so, until the directory is readable again."""
+        if not scan.unreadable and not self._unreadable:
+            return scan
+        complete = dict(scan.complete)
+        loaded = self.loaded_versions()
+        for v, why in scan.unreadable.items():
+            if self._unreadable.get(v) != why:
+                self.bus.publish(Notice(self.name, v, "unreadable", f"version {v}: {why}" + (
+                    "; the loaded copy keeps serving" if v in loaded else "; it will not load until it is readable")))
+            if v in loaded and v in self._last_scan.complete:
+                complete[v] = self._last_scan.complete[v]
+                self.book.note(v, f"{why}; the loaded copy keeps serving")
+            elif v not in loaded:
+                st = self.book.get(v)
+                if st is None or st.state is not VersionState.END or st.error_message != why:
+                    if st is None:
+                        self.book.start(v)
+                    self.book.set(v, VersionState.END, Code.FAILED_PRECONDITION, why)
+        for v in set(self._unreadable) - set(scan.unreadable):  # readable again
+            st = self.book.get(v)
+            if st is not None and st.state is VersionState.END and st.error_message == self._unreadable[v]:
+                self.book.forget(v)
+            elif st is not None and v in loaded:
+                self.book.note(v, "")
+        self._unreadable = dict(scan.unreadable)
+        return ScanResult(complete, scan.pending, scan.next_check_in, scan.unreadable)
 
     def _apply_label_changes(self, changes: dict[str, int]) -> None:
         from hotserve.observability.events import CanaryDecision

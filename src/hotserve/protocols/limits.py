@@ -59,6 +59,21 @@ class TensorBudget:
         return count
 
 
+MAX_RANK = 32
+
+
+def check_shape(where: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A declared shape numpy can hold: non-negative, at most MAX_RANK dimensions, and a size
+    (even of an empty tensor's other dimensions) under 2**59 elements."""
+    if len(shape) > MAX_RANK:
+        raise InvalidArgument(f"{where}: shape has {len(shape)} dimensions; at most {MAX_RANK} are supported")
+    if any(d < 0 for d in shape):
+        raise InvalidArgument(f"{where}: shape {list(shape)} has a negative dimension")
+    if math.prod(d for d in shape if d) >= 1 << 59:  # numpy also multiplies by the item size (<= 16)
+        raise InvalidArgument(f"{where}: shape {list(shape)} describes more elements than any array can hold")
+    return shape
+
+
 def check_name(kind: str, name: str) -> None:
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidArgument(f"{kind} name {clip(name)!r} is {len(name)} characters; at most {MAX_NAME_LENGTH} are allowed")

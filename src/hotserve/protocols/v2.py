@@ -14,7 +14,8 @@ import numpy as np
 import orjson
 
 from hotserve import dtypes
-from hotserve.errors import InvalidArgument
+from hotserve.errors import InvalidArgument, clip
+from hotserve.protocols.limits import check_shape
 from hotserve.protocols.json_body import parse_object
 from hotserve.runtimes.base import Signature
 
@@ -33,8 +34,8 @@ def datatype_of(arr: np.ndarray) -> str:
 
 def _shape(raw: Any, where: str) -> tuple[int, ...]:
     if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw):
-        raise InvalidArgument(f"{where}: 'shape' must be a list of non-negative integers, got {raw!r}")
-    return tuple(raw)
+        raise InvalidArgument(f"{where}: 'shape' must be a list of non-negative integers, got {clip(repr(raw))}")
+    return check_shape(where, tuple(raw))
 
 
 def _count(shape: tuple[int, ...]) -> int:

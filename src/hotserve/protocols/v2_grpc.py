@@ -9,6 +9,7 @@ import numpy as np
 
 from hotserve import dtypes
 from hotserve.errors import InvalidArgument
+from hotserve.protocols.limits import check_shape
 from hotserve.protocols.v2 import datatype_of, numpy_to_raw, raw_to_numpy
 from hotserve.protos.inference import grpc_service_pb2 as pb
 
@@ -29,9 +30,7 @@ def decode_infer(req: pb.ModelInferRequest) -> dict[str, np.ndarray]:
         where = f"input {t.name!r}"
         if t.name in inputs:
             raise InvalidArgument(f"{where} appears twice")
-        shape = tuple(t.shape)
-        if any(d < 0 for d in shape):
-            raise InvalidArgument(f"{where}: shape {list(shape)} has a negative dimension")
+        shape = check_shape(where, tuple(t.shape))
         if raw:
             inputs[t.name] = raw_to_numpy(raw[i], t.datatype, shape, where)
             continue

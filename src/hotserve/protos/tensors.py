@@ -117,6 +117,9 @@ def _shape(tp: Any) -> tuple[int, ...]:
     shape = tuple(d.size for d in shape_proto.dim)
     if any(s < 0 for s in shape):
         raise ValueError(f"tensor_shape {list(shape)} has a negative dimension; a tensor value needs concrete sizes")
+    if len(shape) > 32 or math.prod(d for d in shape if d) >= 1 << 59:
+        raise ValueError(f"tensor_shape {list(shape)[:8]}{'...' if len(shape) > 8 else ''} describes more elements "
+                         "than any array can hold (at most 32 dimensions, 2**59 elements)")
     return shape
 
 

@@ -16,10 +16,8 @@ import uuid
 from dataclasses import dataclass
 
 from hotserve.repository import manifest
-from hotserve.repository.scanner import PUBLISHING_MARKER, list_version_numbers
+from hotserve.repository.scanner import PUBLISHING_MARKER, STAGING_PREFIX, list_version_numbers
 from hotserve.repository.storage import FileStat, LocalStorage, Storage, normalize_base_path, storage_for
-
-STAGING_PREFIX = ".staging-"
 
 # A bare model file is renamed to the file name its runtime looks for.
 _CANONICAL_NAMES = {".onnx": "model.onnx", ".py": "model.py"}

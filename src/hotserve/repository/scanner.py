@@ -17,6 +17,12 @@ from hotserve.repository.storage import FileStat, Storage, StorageUnavailable
 
 log = logging.getLogger("hotserve.repository")
 
+# A publish's staging directory untouched this long was left by a publisher that died.
+STALE_STAGING_SECONDS = 3600.0
+# Unchanged published versions are re-listed in full this often (cheap checks in between).
+FULL_RESCAN_SECONDS = 30.0
+STAGING_PREFIX = ".staging-"
+
 # Written first by a publish on a store without rename, removed after the manifest: a version
 # holding it and no matching manifest is being uploaded and never settles.
 PUBLISHING_MARKER = ".hotserve_publishing"
@@ -41,9 +47,13 @@ class ScanResult:
     complete: dict[int, VersionInfo]
     pending: dict[int, str] = field(default_factory=dict)  # version -> why it is not complete
     next_check_in: float | None = None  # a settling version may be complete after this long
+    # version -> why its directory cannot be read (permissions, a symlink loop): never loaded,
+    # and a loaded version that becomes unreadable keeps serving its loaded copy.
+    unreadable: dict[int, str] = field(default_factory=dict)
 
     def key(self) -> tuple:
-        return tuple(sorted((v, i.fingerprint) for v, i in self.complete.items()))
+        return (tuple(sorted((v, i.fingerprint) for v, i in self.complete.items())),
+                tuple(sorted(self.unreadable.items())))
 
 
 def list_version_numbers(storage: Storage, base_path: str) -> list[int]:
@@ -63,14 +73,28 @@ class VersionScanner:
         self._seen_since: dict[int, tuple[Fingerprint, float]] = {}
         self._ignored_names: set[str] = set()
         self._manifests: dict[str, tuple[tuple, dict]] = {}
+        # version -> (directory stamp, manifest stamp, info, when fully listed): lets a scan skip
+        # listing every file of a published version whose directory and manifest are unchanged.
+        self._stable: dict[int, tuple[tuple, tuple, VersionInfo, float]] = {}
+        self._next_staging_check = 0.0
+        self._dirty: set[int] | None = None
 
-    def scan(self, now: float | None = None) -> ScanResult:
-        """Raises StorageUnavailable when the base path itself cannot be listed."""
+    def scan(self, now: float | None = None, dirty: set[int] | None = None) -> ScanResult:
+        """Raises StorageUnavailable when the base path itself cannot be listed.
+
+        `dirty`: the versions a change notification (inotify) named since the last scan; other
+        published versions listed within FULL_RESCAN_SECONDS are taken as they were, with no
+        system call. None (polling): each published version costs two stats unless changed."""
+        self._dirty = dirty
         now = time.monotonic() if now is None else now
         entries = self.storage.list_entries(self.base_path)
         result = ScanResult(complete={})
         present: set[int] = set()
         for name, is_dir in entries:
+            if name.startswith(STAGING_PREFIX):
+                if now >= self._next_staging_check:
+                    self._remove_if_stale(name)
+                continue
             if not name.isdigit() or not is_dir:
                 if not name.startswith(".") and name not in self._ignored_names:
                     self._ignored_names.add(name)
@@ -79,8 +103,12 @@ class VersionScanner:
             version = int(name)
             present.add(version)
             self._classify(version, self.storage.join(self.base_path, name), now, result)
+        if now >= self._next_staging_check:
+            self._next_staging_check = now + 60.0
         for gone in set(self._seen_since) - present:
             del self._seen_since[gone]
+        for gone in set(self._stable) - present:
+            del self._stable[gone]
         live = {self.storage.join(self.base_path, str(v)) for v in present}
         for gone in set(self._manifests) - live:
             del self._manifests[gone]
@@ -97,11 +125,56 @@ class VersionScanner:
         self._manifests[path] = (key, doc)
         return doc
 
-    def _classify(self, version: int, path: str, now: float, result: ScanResult) -> None:
+    def _remove_if_stale(self, name: str) -> None:
+        """A staging directory nothing wrote to for STALE_STAGING_SECONDS: its publisher died."""
+        path = self.storage.join(self.base_path, name)
         try:
             files = self.storage.stat_files(path)
+            top = self.storage.stat(path)
         except (OSError, StorageUnavailable):
+            return
+        newest = max([f.mtime_ns for f in files] + [top.mtime_ns if top else 0])
+        if time.time() - newest / 1e9 < STALE_STAGING_SECONDS:
+            return
+        self.storage.remove_tree(path)
+        log.warning("model %s: removed %s, a publish abandoned %.0f minutes ago (its publisher stopped before commit)",
+                    self.model, path, (time.time() - newest / 1e9) / 60, extra={"event": "staging_removed", "model": self.model})
+
+    def _cheap_unchanged(self, version: int, path: str, now: float) -> VersionInfo | None:
+        """The cached info of a published version whose directory and manifest did not change
+        since its last full listing (checked with two stats, not one per file)."""
+        cached = self._stable.get(version)
+        if cached is None or now - cached[3] >= FULL_RESCAN_SECONDS:
+            return None
+        if self._dirty is not None:
+            return None if version in self._dirty else cached[2]
+        try:
+            dstat = self.storage.stat(path)
+            mstat = self.storage.stat(self.storage.join(path, manifest.MANIFEST_NAME))
+        except (OSError, StorageUnavailable):
+            return None
+        if dstat is None or mstat is None:
+            return None
+        if (dstat.mtime_ns, dstat.size) != cached[0] or (mstat.mtime_ns, mstat.size) != cached[1]:
+            return None
+        return cached[2]
+
+    def _classify(self, version: int, path: str, now: float, result: ScanResult) -> None:
+        info = self._cheap_unchanged(version, path, now)
+        if info is not None:
+            result.complete[version] = info
+            return
+        self._stable.pop(version, None)  # re-cached below only if still a complete published version
+        try:
+            files = self.storage.stat_files(path)
+        except FileNotFoundError:
             result.pending[version] = "directory vanished while scanning"
+            return
+        except (OSError, StorageUnavailable) as exc:
+            if not self.storage.exists(path):
+                result.pending[version] = "directory vanished while scanning"
+            else:
+                result.unreadable[version] = f"cannot read version directory: {exc}"
             return
         fp = _fingerprint(files)
         if not files:
@@ -111,7 +184,11 @@ class VersionScanner:
         if mstat is not None:
             try:
                 if manifest.sizes_match(self._manifest(path, mstat), files):
-                    result.complete[version] = VersionInfo(version, path, fp, published=True)
+                    info = VersionInfo(version, path, fp, published=True)
+                    result.complete[version] = info
+                    dstat = self.storage.stat(path)
+                    if dstat is not None:
+                        self._stable[version] = ((dstat.mtime_ns, dstat.size), (mstat.mtime_ns, mstat.size), info, now)
                     return
             except Exception:  # a manifest mid-write or corrupt: fall through to the settle rule
                 pass

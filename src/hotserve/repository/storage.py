@@ -54,6 +54,10 @@ class Storage(Protocol):
     def exists(self, path: str) -> bool:
         ...
 
+    def stat(self, path: str) -> FileStat | None:
+        """One entry's size and mtime (a directory's too, where the store has directories);
+        None if absent. Cheap change detection: one call, not a listing."""
+
     def read_bytes(self, path: str) -> bytes:
         """The whole object; FileNotFoundError if absent, StorageUnavailable if unreachable."""
 
@@ -124,12 +128,21 @@ class LocalStorage:
                             fst = e.stat(follow_symlinks=True)
                             out.append(FileStat(erel, fst.st_size, fst.st_mtime_ns))
         except OSError as exc:
+            if isinstance(exc, FileNotFoundError) and not os.path.lexists(path):
+                raise
             raise StorageUnavailable(f"cannot read {path}: {exc.strerror or exc}") from exc
         out.sort(key=lambda f: f.relpath)
         return out
 
     def exists(self, path: str) -> bool:
         return os.path.lexists(path)
+
+    def stat(self, path: str) -> FileStat | None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return FileStat(os.path.basename(path), st.st_size, st.st_mtime_ns)
 
     def read_bytes(self, path: str) -> bytes:
         with open(path, "rb") as f:

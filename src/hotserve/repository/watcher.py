@@ -50,6 +50,8 @@ class RepositoryWatcher:
         self._scan_lock = threading.Lock()
         self.on_recovered = on_recovered
         self._probes: list[Callable[[], None]] = []
+        # Paths inotify reported since the last scan (appended by watchdog's thread).
+        self._touched: list[str] = []
 
     def add_probe(self, probe: Callable[[], None]) -> None:
         """Run probe() every cycle, after the scan (it must be cheap and must not raise)."""
@@ -90,12 +92,17 @@ class RepositoryWatcher:
             from watchdog.observers import Observer
 
             wake = self._wake
+            touched = self._touched
 
             class _Handler(FileSystemEventHandler):
                 def on_any_event(self, event) -> None:  # noqa: ANN001 - watchdog's type
                     # Reads (our own scans open manifests) change nothing; waking on them would
                     # make every scan trigger the next one.
                     if event.event_type not in _READ_ONLY_EVENTS:
+                        touched.append(event.src_path)
+                        dest = getattr(event, "dest_path", "")
+                        if dest:
+                            touched.append(dest)
                         wake.set()
 
             observer = Observer()
@@ -106,6 +113,23 @@ class RepositoryWatcher:
         except Exception as exc:  # inotify limits, unsupported filesystems: polling still works
             log.warning("model %s: cannot watch %s (%s); polling every %.2fs", self.scanner.model, self.scanner.base_path, exc, self.poll_wait_seconds)
             self._observer = None
+
+    def _dirty_versions(self) -> set[int] | None:
+        """The versions inotify saw change since the last scan; None when not watching (then
+        the scanner checks each version with cheap stats instead)."""
+        if self._observer is None:
+            return None
+        n = len(self._touched)  # watchdog's thread may append meanwhile: take only what is there
+        touched = self._touched[:n]
+        del self._touched[:n]
+        base = self.scanner.base_path.rstrip(os.sep) + os.sep
+        dirty = set()
+        for path in touched:
+            if path.startswith(base):
+                first = path[len(base):].split(os.sep, 1)[0]
+                if first.isdigit():
+                    dirty.add(int(first))
+        return dirty
 
     def _unwatch(self) -> None:
         if self._observer is not None:
@@ -122,7 +146,7 @@ class RepositoryWatcher:
             wait = self.poll_wait_seconds
             try:
                 with self._scan_lock:
-                    result = self.scanner.scan()
+                    result = self.scanner.scan(dirty=self._dirty_versions())
             except StorageUnavailable as exc:
                 if not self._in_outage:
                     self._in_outage = True

@@ -58,6 +58,8 @@ async def wait_for_records(bus: EventBus, after: int, timeout: float) -> None:
 async def events_reply(bus: EventBus, query: bytes) -> Reply:
     params = parse_qs(query.decode("latin-1"))
     after = int(_number(params, "after", 0))
+    if after >= 1 << 53:
+        raise InvalidArgument(f"query parameter 'after' is a sequence number below 2**53, got {after}")
     wait = min(_number(params, "wait", 0), MAX_WAIT_SECONDS)
     model = params.get("model", [None])[0]
     kinds = [k for k in ",".join(params.get("kind", [])).split(",") if k] or None

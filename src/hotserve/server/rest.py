@@ -14,6 +14,7 @@ import orjson
 from hotserve.errors import HotserveError, NotFound
 from hotserve.observability import metrics
 from hotserve.protocols import tfserving_rest as tfs
+from hotserve.server import openapi
 from hotserve.server.admin import AdminRoutes
 from hotserve.server.context import ServerContext
 from hotserve.server.events_api import events_reply
@@ -60,6 +61,8 @@ class RestApp:
             return Reply(200, metrics.render(), headers=[_METRICS_TYPE])
         if path.startswith("/v1/admin/"):
             return await self.admin.dispatch(path[len("/v1/admin/"):], request)
+        if path == "/openapi.json":
+            return Reply(200, openapi.document_bytes())
         if path == "/v1/events":
             return await events_reply(self.manager.bus, request.query)
         if path in ("/healthz", "/v2/health/live"):
