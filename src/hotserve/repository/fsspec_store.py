@@ -164,10 +164,17 @@ def _need(module: str, extra: str, url: str):
 
 
 def open_gcs(url: str) -> FsspecStorage:
-    gcsfs = _need("gcsfs", "gcs", url)
+    _need("gcsfs", "gcs", url)
+    # The plain JSON-API filesystem: gcsfs's default "extended" class first asks the storage
+    # control API (gRPC) for each bucket's layout, one more request and one more permission that
+    # a model repository does not need.
+    from gcsfs.core import GCSFileSystem
+
     if not urlparse(url).netloc:
         raise ValueError(f"{url!r}: expected gs://bucket/prefix")
-    fs = gcsfs.GCSFileSystem(skip_instance_cache=True, use_listings_cache=False)
+    # An emulator takes no credentials; asking Google's auth chain for them would only warn.
+    token = "anon" if os.environ.get("STORAGE_EMULATOR_HOST") else None
+    fs = GCSFileSystem(token=token, skip_instance_cache=True, use_listings_cache=False)
     return FsspecStorage(url, fs, "gs", tree_listing=True, atomic_rename=False,
                          to_fs_path=lambda p: p.split("://", 1)[1])
 

@@ -13,6 +13,7 @@ Settings are the ones TF Serving users already set (environment):
   S3_USE_HTTPS (default 1)          https to S3_ENDPOINT given without a scheme
   S3_VERIFY_SSL (default 1)         0 accepts any certificate (self-signed test endpoints)
   S3_CONNECT_TIMEOUT_MSEC, S3_REQUEST_TIMEOUT_MSEC   timeouts (default 5000 and 30000)
+  AWS_MAX_ATTEMPTS                  attempts per request (default 2)
 Secrets are never logged: the startup line names where credentials come from, not what they are.
 """
 
@@ -79,6 +80,7 @@ def settings_from_env(env: dict | None = None) -> dict:
         "verify": _flag(env, "S3_VERIFY_SSL", True),
         "connect_timeout": _msec(env, "S3_CONNECT_TIMEOUT_MSEC", 5000),
         "read_timeout": _msec(env, "S3_REQUEST_TIMEOUT_MSEC", 30000),
+        "max_attempts": max(1, int(env.get("AWS_MAX_ATTEMPTS") or 2)),
     }
 
 
@@ -142,8 +144,9 @@ class S3Storage:
             region_name=s["region_name"],
             connect_timeout=s["connect_timeout"],
             read_timeout=s["read_timeout"],
-            # Few, quick retries: a poll that fails is retried by the watcher with backoff anyway.
-            retries={"max_attempts": 2, "mode": "standard"},
+            # Few, quick retries (AWS_MAX_ATTEMPTS overrides): a poll that fails is retried by
+            # the watcher with backoff anyway.
+            retries={"max_attempts": s["max_attempts"], "mode": "standard"},
             s3={"addressing_style": "path" if s["endpoint_url"] else "auto"},
             max_pool_connections=max(10, max_concurrency * 2),
         )
