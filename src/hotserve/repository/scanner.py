@@ -30,7 +30,9 @@ log = logging.getLogger("hotserve.repository")
 # holding it and no matching manifest is being uploaded and never settles.
 PUBLISHING_MARKER = ".hotserve_publishing"
 
-Fingerprint = tuple[tuple[str, int, int], ...]
+# (relpath, size, mtime_ns) per file, plus the ETag where the store has one: object stores keep
+# mtimes to the second, so a same-size re-upload within a second changes only the ETag.
+Fingerprint = tuple[tuple, ...]
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class VersionInfo:
 
     @property
     def size_bytes(self) -> int:
-        return sum(size for _, size, _ in self.fingerprint)
+        return sum(entry[1] for entry in self.fingerprint)
 
 
 @dataclass
@@ -60,7 +62,7 @@ def list_version_numbers(storage: Storage, base_path: str) -> list[int]:
 
 
 def _fingerprint(files: list[FileStat]) -> Fingerprint:
-    return tuple((f.relpath, f.size, f.mtime_ns) for f in files)
+    return tuple((f.relpath, f.size, f.mtime_ns, f.etag) if f.etag else (f.relpath, f.size, f.mtime_ns) for f in files)
 
 
 class VersionScanner:
