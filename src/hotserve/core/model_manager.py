@@ -13,6 +13,7 @@ in-flight request (invariant 1).
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -210,8 +211,6 @@ class ModelManager:
                 "serving": sorted(self.loaded_versions())}
 
     def _on_outage(self, message: str) -> None:
-        import time
-
         self.outage_since = time.time()
         self.outage = message
         self.bus.publish(StorageOutage(self.name, message, tuple(sorted(self.loaded_versions()))))
