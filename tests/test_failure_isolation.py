@@ -100,8 +100,10 @@ def test_directory_still_being_written_is_never_served(repo, start_server, tmp_p
         with open(os.path.join(vdir, "model.onnx"), "wb") as f:
             for i in range(0, len(payload), chunk):
                 f.write(payload[i:i + chunk])
-                f.flush()
+                # Taken before the bytes reach the file (flush), so a busy test process cannot
+                # record it late and make the server look early.
                 last_write = time.monotonic()
+                f.flush()
                 time.sleep(0.2)  # far below the 2 s settle time
                 assert 2 not in clients.versions
                 assert 2 not in status(server)

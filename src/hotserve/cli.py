@@ -60,7 +60,8 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
           help="set SO_REUSEPORT on the listening sockets so several hotserve processes can share the ports "
                "(--num_workers does this for you)")
     _flag(p, "model_name", default="default", help="name the model is served under (default 'default')")
-    _flag(p, "model_base_path", help="directory holding numeric version subdirectories: <path>/<version>/model.onnx")
+    _flag(p, "model_base_path", help="directory holding numeric version subdirectories: <path>/<version>/model.onnx; or a URL: s3://bucket/prefix, "
+               "gs://bucket/prefix, hdfs://namenode:port/path, webhdfs://host:port/path (docs/storage.md)")
     _flag(p, "model_config_file", help="several models from a file: TF Serving's model_config_list text proto, or the same "
           "as YAML (.yaml/.yml, which may also configure canaries); replaces --model_name/--model_base_path")
     _flag(p, "model_config_file_poll_wait_seconds", type=_non_negative(float), default=0.0, metavar="S",
@@ -138,6 +139,16 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
                "event loop, saving the thread hop (bench/: ~1.6x requests/s for sub-millisecond models)")
     _flag(p, "inline_inference_max_us", type=_non_negative(float), default=300.0, metavar="US",
           help="with --inference_threading=auto, the median inference time under which a model runs inline (default 300)")
+    _flag(p, "model_cache_dir", default=None, metavar="DIR",
+          help="remote stores (s3://, gs://, hdfs://): versions are downloaded here, verified, and loaded from local "
+               "disk (default: hotserve-cache-<uid> under the system temp dir)")
+    _flag(p, "model_cache_keep_versions", type=_non_negative(int), default=2, metavar="N",
+          help="unused versions per model the cache keeps besides those serving, for fast rollbacks (default 2)")
+    _flag(p, "max_concurrent_downloads", type=_non_negative(int), default=2, metavar="N",
+          help="versions downloaded from a remote store at once (default 2)")
+    _flag(p, "load_jitter_seconds", type=_non_negative(float), default=0.0, metavar="S",
+          help="wait a random 0..S seconds before downloading a new version, so a fleet does not hit the store at "
+               "once (default 0; a few seconds for fleets)")
     _flag(p, "file_system_watch", type=_bool, default=True, metavar="BOOL",
           help="watch local model directories with inotify (default true); false leaves only polling")
     _flag(p, "log_level", default="info", choices=["debug", "info", "warning", "error"], help="default info")
@@ -250,6 +261,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             batching=batching,
             canary_analysis=args.worker_id in (None, 0),
             inline_max_us=args.inline_inference_max_us if args.inference_threading == "auto" else 0.0,
+            model_cache_dir=args.model_cache_dir,
+            model_cache_keep_unused=args.model_cache_keep_versions,
+            max_concurrent_downloads=max(1, args.max_concurrent_downloads),
+            load_jitter_seconds=args.load_jitter_seconds,
         ),
         host=args.host,
         rest_api_port=args.rest_api_port,
@@ -274,9 +289,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_publish(args: argparse.Namespace) -> int:
     from hotserve.repository.publish import PublishError, publish
 
+    from hotserve.repository.storage import StorageUnavailable
+
     try:
         version, path = publish(args.src, args.model_base_path, args.version)
-    except (PublishError, OSError) as exc:
+    except (PublishError, OSError, StorageUnavailable, ValueError) as exc:
         print(f"hotserve publish: {exc}", file=sys.stderr)
         return 1
     print(f"published version {version} at {path}")
@@ -292,7 +309,12 @@ def _cmd_versions(args: argparse.Namespace) -> int:
     from hotserve.repository.storage import StorageUnavailable, normalize_base_path, storage_for
 
     base = normalize_base_path(args.model_base_path)
-    scanner = VersionScanner(storage_for(base), base, args.settle_seconds)
+    try:
+        storage = storage_for(base)
+    except ValueError as exc:
+        print(f"hotserve versions: {exc}", file=sys.stderr)
+        return 2
+    scanner = VersionScanner(storage, base, args.settle_seconds)
     try:
         scanner.scan()
         if args.settle_seconds:
@@ -310,7 +332,7 @@ def _cmd_versions(args: argparse.Namespace) -> int:
         how = "published (manifest)" if info.published else f"hand-copied, unchanged for {args.settle_seconds:g}s"
         if args.verify and info.published:
             try:
-                manifest.verify(info.path)
+                manifest.verify(info.path, storage)
                 how += ", sha256 verified"
             except LoadError as exc:
                 rows.append((v, "CORRUPT", str(exc), f"{info.size_bytes}"))
@@ -344,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_cmd_serve)
 
     pub = sub.add_parser("publish", help="publish a model file or directory as a new version, atomically",
-                         description="Copy SRC into a staging directory beside the target, write a manifest of sizes and sha256 digests, fsync, and rename it into place as <model_base_path>/<version>.")
+                         description="Copy SRC into a staging directory beside the target, write a manifest of sizes and sha256 digests, fsync, and rename it into place as <model_base_path>/<version>. On object stores (s3://, gs://) the files are uploaded into place behind an in-progress marker (multipart for large files) and the manifest, written last, completes the version.")
     pub.add_argument("src", help="a model file (model.onnx, model.py) or a version directory")
     _flag(pub, "model_base_path", required=True, help="the model's base path")
     _flag(pub, "version", type=_non_negative(int), default=None, help="version number (default: newest + 1)")

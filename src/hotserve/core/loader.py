@@ -4,6 +4,11 @@ A load never runs on the event loop or the reconcile thread's caller: the runtim
 gates and the warm-up all happen in the shared load pool, and the reconcile thread only waits
 for the result. What it returns is a LoadedVersion that passed every gate, or None with the
 failure in the version's status (END), on the bus, and never retried until its directory changes.
+
+Versions on remote stores are loaded from a verified local copy (Storage.local_dir: the cache
+downloads and checks it). A download that kept failing because the store was unreachable is
+not a failure of the version: the outcome says `transient` and the manager tries again later.
+The local copy is released when the version unloads or fails, so the cache may evict it.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from hotserve.errors import Code, HotserveError
 from hotserve.observability.events import BUS, EventBus, LoadFailed, LoadFinished, LoadStarted, Notice, Unloaded
 from hotserve.observability.process import rss_of
 from hotserve.repository.scanner import VersionInfo
-from hotserve.repository.storage import Storage
+from hotserve.repository.storage import Storage, StorageUnavailable
 from hotserve.runtimes.base import Servable
 from hotserve.runtimes.registry import RuntimeOptions, load_servable
 
@@ -32,6 +37,7 @@ MEMORY_POLICIES = ("wait", "unload_first", "refuse")
 class LoadOutcome:
     loaded: LoadedVersion | None
     failed: bool  # False with loaded None: superseded (e.g. stopped waiting for memory), may be tried again
+    transient: str = ""  # why a load that may be retried soon did not happen (store unreachable)
 
 
 class VersionLoader:
@@ -49,6 +55,7 @@ class VersionLoader:
         self.runtime = runtime
         self.memory_policy = memory_policy
         self.bus = bus
+        self._paths: dict[int, str] = {}  # loaded version -> its path in the store (to release its local copy)
 
     # -- memory -----------------------------------------------------------------------------
     def _reserve(self, info: VersionInfo, make_room: Callable[[], bool], superseded: Callable[[], bool]) -> str | None:
@@ -93,6 +100,10 @@ class VersionLoader:
         t0 = time.perf_counter()
         try:
             servable, measured, reports = self.pool.submit(self._load_blocking, info).result()
+        except StorageUnavailable as exc:
+            self.budget.release((self.model, info.version))
+            self.book.set(info.version, VersionState.START, Code.UNAVAILABLE, f"waiting for the store: {exc}")
+            return LoadOutcome(None, False, str(exc))
         except Exception as exc:
             self.budget.release((self.model, info.version))
             code = exc.code if isinstance(exc, HotserveError) else Code.UNKNOWN
@@ -108,18 +119,24 @@ class VersionLoader:
             st.gates = reports
         self.book.set(info.version, VersionState.AVAILABLE)
         self.bus.publish(LoadFinished(self.model, info.version, seconds, measured, info.size_bytes))
+        self._paths[info.version] = info.path
         return LoadOutcome(LoadedVersion(self.model, info.version, servable), False)
 
     def _load_blocking(self, info: VersionInfo) -> tuple[Servable, int, list[dict]]:
         rss0 = rss_of()
-        ctx = GateContext(self.model, info.version, self.storage.local_dir(info.path), info.published)
-        reports = self.gates.run(ctx, FILES)
-        servable = load_servable(ctx.local_dir, self.runtime)
-        ctx.servable = servable
+        local = self.storage.local_dir(info.path)  # remote: downloaded and verified into the cache
         try:
-            reports += self.gates.run(ctx, SERVABLE)
+            ctx = GateContext(self.model, info.version, local, info.published)
+            reports = self.gates.run(ctx, FILES)
+            servable = load_servable(ctx.local_dir, self.runtime)
+            ctx.servable = servable
+            try:
+                reports += self.gates.run(ctx, SERVABLE)
+            except BaseException:
+                servable.unload()
+                raise
         except BaseException:
-            servable.unload()
+            self.storage.release_local_dir(info.path)
             raise
         return servable, max(0, rss_of() - rss0), reports
 
@@ -135,5 +152,8 @@ class VersionLoader:
         except Exception as exc:
             self.bus.publish(Notice(self.model, lv.version, "unload_error", f"version {lv.version}: unload raised {exc!r}"))
         self.budget.release((self.model, lv.version))
+        path = self._paths.pop(lv.version, None)
+        if path is not None:
+            self.storage.release_local_dir(path)
         self.book.set(lv.version, VersionState.END)
         self.bus.publish(Unloaded(self.model, lv.version))

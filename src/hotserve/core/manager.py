@@ -22,6 +22,7 @@ from hotserve.core.memory import MemoryBudget
 from hotserve.core.model_manager import ManagerOptions, ModelManager
 from hotserve.errors import NotFound, Unavailable, clip
 from hotserve.observability.events import BUS, EventBus, ModelAdded, ModelRemoved
+from hotserve.repository import cache
 from hotserve.repository.storage import normalize_base_path
 
 __all__ = ["Manager", "ManagerOptions", "ModelManager"]
@@ -43,6 +44,9 @@ class Manager:
         self.budget = MemoryBudget(self.options.memory_budget_bytes)
         self.gates = gates or GatePipeline(standard_gates(decoder), bus)
         self.canary = CanaryController(bus)
+        # The local copies remote stores hand runtimes (one cache per process, shared by its models).
+        cache.configure(cache.VersionCache(self.options.model_cache_dir, self.options.model_cache_keep_unused,
+                                           self.options.max_concurrent_downloads, self.options.load_jitter_seconds))
         # Replaced as a whole (copy on write) so readers can iterate without a lock.
         self.models: dict[str, ModelManager] = {c.name: self._new(c) for c in configs}
         self._config_lock = threading.Lock()

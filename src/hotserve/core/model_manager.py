@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -28,6 +29,7 @@ from hotserve.core.memory import MemoryBudget
 from hotserve.core.router import Route, RouteTable
 from hotserve.core.states import VersionBook, VersionState, VersionStatus
 from hotserve.errors import Code, NotFound
+from hotserve.observability import metrics
 from hotserve.observability.events import BUS, EventBus, Notice, Retired, StorageOutage, Swapped
 from hotserve.repository.routing_store import FileRoutingStore, RoutingStore
 from hotserve.repository.scanner import Fingerprint, ScanResult, VersionInfo, VersionScanner
@@ -60,6 +62,14 @@ class ManagerOptions:
     # --inference_threading=auto: a model whose recent median inference is under this many
     # microseconds may run small requests on the event loop (0: never).
     inline_max_us: float = 0.0
+    # Remote stores (s3://, gs://, hdfs://): where versions are downloaded to before loading
+    # (None: under the system temp dir), how many unused versions per model the cache keeps,
+    # how many downloads run at once, and a random delay of up to this many seconds before each
+    # download (spreads a fleet's downloads of a new version).
+    model_cache_dir: str | None = None
+    model_cache_keep_unused: int = 2
+    max_concurrent_downloads: int = 2
+    load_jitter_seconds: float = 0.0
 
 
 def make_batcher(name: str, config: ModelConfig, default: BatchingParameters | None) -> Batcher | None:
@@ -81,13 +91,22 @@ class ModelManager:
         self.options = options
         self.bus = bus
         self.storage = storage_for(self.base_path)
+        if not self.storage.local:
+            # Every request to a remote store is counted per model: the bill, visible.
+            self.storage.on_request = lambda kind, model=self.name: metrics.count_storage_request(model, kind)
+        self.scanner = VersionScanner(self.storage, self.base_path, options.settle_seconds, self.name)
         self.route = Route(self.name)
         self.book = VersionBook(self.name, bus)
-        self.intent = IntentKeeper(self.name, config, store or FileRoutingStore(self.storage, self.base_path), bus)
+        # The routing state file is re-read only when the scanner's listing shows it changed.
+        store = store or FileRoutingStore(self.storage, self.base_path, listed=lambda: self.scanner.top_level)
+        self.intent = IntentKeeper(self.name, config, store, bus)
         self.loader = VersionLoader(self.name, self.storage, self.book, load_pool, budget, gates, options.runtime,
                                     options.memory_policy, bus)
         self.batcher = make_batcher(self.name, config, options.batching)
         self.outage: str | None = None
+        self.outage_since: float | None = None  # unix time the store became unreachable
+        self._retry_delay: dict[int, float] = {}  # version -> next backoff after a failed download
+        self._retry_timer: threading.Timer | None = None
         # True while the default version's recent median inference is cheap enough to run on
         # the event loop (--inference_threading=auto); read by front ends without a lock.
         self.inline_ok = False
@@ -105,7 +124,6 @@ class ModelManager:
         self._last_note = ""
         self._default_history: list[int] = []
         self._thread = threading.Thread(target=self._run, name=f"manager-{self.name}", daemon=True)
-        self.scanner = VersionScanner(self.storage, self.base_path, options.settle_seconds, self.name)
         self.watcher = RepositoryWatcher(self.scanner, self._on_scan, self._on_outage, options.poll_wait_seconds,
                                          options.use_inotify, on_recovered=self._on_recovered)
         self.intent.store.watch(self._on_routing_change)
@@ -122,6 +140,8 @@ class ModelManager:
 
     def stop(self) -> None:
         self.watcher.stop()
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
         self.intent.store.close()
         with self._cv:
             self._stopping = True
@@ -185,12 +205,21 @@ class ModelManager:
             self._idle.clear()
             self._cv.notify()
 
+    def storage_status(self) -> dict | None:
+        """None while the store answers; else since when (unix time) and why it does not."""
+        if self.outage is None:
+            return None
+        return {"available": False, "since": self.outage_since, "error": self.outage,
+                "serving": sorted(self.loaded_versions())}
+
     def _on_outage(self, message: str) -> None:
+        self.outage_since = time.time()
         self.outage = message
         self.bus.publish(StorageOutage(self.name, message, tuple(sorted(self.loaded_versions()))))
 
     def _on_recovered(self) -> None:
         self.outage = None
+        self.outage_since = None
         self.bus.publish(StorageOutage(self.name, "", tuple(sorted(self.loaded_versions())), ended=True))
 
     def _on_routing_change(self) -> None:
@@ -282,6 +311,7 @@ class ModelManager:
             info = complete[step.load]
             outcome = self.loader.load(info, lambda: self._make_room(snap), self._superseded)
             if outcome.loaded is not None:
+                self._retry_delay.pop(info.version, None)
                 outcome.loaded.batcher = self.batcher
                 with self._loaded_lock:
                     self._loaded[info.version] = outcome.loaded
@@ -289,6 +319,9 @@ class ModelManager:
                 self._failed[info.version] = info.fingerprint
                 if self._superseded():
                     return
+            elif outcome.transient:
+                self._retry_later(info.version, outcome.transient)
+                return
             else:
                 return  # superseded by a newer scan or a stop
         self.book.trim(set(complete))
@@ -322,6 +355,18 @@ class ModelManager:
                 self.book.note(v, "")
         self._unreadable = dict(scan.unreadable)
         return ScanResult(complete, scan.pending, scan.next_check_in, scan.unreadable)
+
+    def _retry_later(self, version: int, why: str) -> None:
+        """The download of `version` failed for a reason outside it (the store): try again after
+        a backoff that doubles per failure, up to a minute."""
+        delay = self._retry_delay.get(version, 1.0)
+        self._retry_delay[version] = min(60.0, delay * 2)
+        self.bus.publish(Notice(self.name, version, "download_retry",
+                                f"version {version}: could not be downloaded ({why}); retrying in {delay:g}s"))
+        timer = threading.Timer(delay, self.trigger)
+        timer.daemon = True
+        self._retry_timer = timer
+        timer.start()
 
     def _apply_label_changes(self, changes: dict[str, int]) -> None:
         from hotserve.observability.events import CanaryDecision

@@ -196,6 +196,17 @@ GATES = REGISTRY.add(Counter("hotserve_gate_results_total", "Gate verdicts on ve
                              ("model", "gate", "outcome")))
 STORAGE_OUTAGES = REGISTRY.add(Counter("hotserve_storage_outages_total",
                                        "Times a model's base path became unreadable (served versions kept).", ("model",)))
+STORAGE_AVAILABLE = REGISTRY.add(Gauge("hotserve_storage_available",
+                                       "1 while a model's store answers, 0 during an outage (served versions kept).",
+                                       ("model",)))
+STORAGE_REQUESTS = REGISTRY.add(Counter(
+    "hotserve_storage_requests_total",
+    "Requests to a model's remote store by kind (list, head, get, put, delete): polls, manifests, routing state, "
+    "downloads.", ("model", "kind")))
+
+
+def count_storage_request(model: str, kind: str) -> None:
+    STORAGE_REQUESTS.inc((model, kind))
 
 
 PROCESS_RSS = REGISTRY.add(Gauge("hotserve_process_resident_memory_bytes",
@@ -265,8 +276,11 @@ def _on_event(record: events.Record) -> None:
     elif isinstance(ev, events.StorageOutage):
         if not ev.ended:
             STORAGE_OUTAGES.inc((ev.model,))
+        STORAGE_AVAILABLE.set((ev.model,), 1.0 if ev.ended else 0.0)
     elif isinstance(ev, events.ModelDegraded):
         DEGRADED.set((ev.model,), 1.0 if ev.degraded else 0.0)
+    elif isinstance(ev, events.ModelAdded):
+        STORAGE_AVAILABLE.set((ev.model,), 1.0)
     elif isinstance(ev, events.ConfigReloaded):
         CONFIG_RELOADS.inc((ev.outcome,))
 

@@ -22,7 +22,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Protocol
 
-from hotserve.repository.storage import Storage, StorageUnavailable
+from hotserve.repository.storage import FileStat, Storage, StorageUnavailable
 
 log = logging.getLogger("hotserve.repository")
 
@@ -107,15 +107,26 @@ def update(store: RoutingStore, change: Callable[[RoutingState], RoutingState], 
 class FileRoutingStore:
     """The routing state as one JSON file beside the versions (hidden from the scanner by its dot)."""
 
-    def __init__(self, storage: Storage, base_path: str) -> None:
+    def __init__(self, storage: Storage, base_path: str,
+                 listed: Callable[[], dict[str, FileStat] | None] | None = None) -> None:
         self.storage = storage
         self.path = storage.join(base_path, STATE_FILE)
         self._lock_path = storage.join(base_path, _LOCK_FILE) if storage.local else None
         self._thread_lock = threading.Lock()
         self._on_change: Callable[[], None] | None = None
         self._seen_revision: int | None = None
+        # The files beside the versions as the scanner's last listing saw them (None: unknown).
+        # With it, poll() reads the state file only when its entry changed: on object storage a
+        # GET every poll per model would be most of the bill.
+        self._listed = listed
+        self._polled_tag: object = None
+        self._just_read: tuple[int, RoutingState | None, int] | None = None
 
     def read(self) -> tuple[RoutingState | None, int]:
+        just = self._just_read
+        if just is not None and just[0] == threading.get_ident():
+            self._just_read = None
+            return just[1], just[2]
         try:
             raw = self.storage.read_bytes(self.path)
         except FileNotFoundError:
@@ -173,13 +184,27 @@ class FileRoutingStore:
     def poll(self) -> None:
         if self._on_change is None:
             return
+        listing = self._listed() if self._listed is not None else None
+        if listing is not None:
+            st = listing.get(STATE_FILE)
+            tag = (st.size, st.mtime_ns, st.etag) if st is not None else None
+            if tag == self._polled_tag:
+                return  # unchanged since the last read: no request
         try:
-            _, rev = self.read()
+            state, rev = self.read()
         except StorageUnavailable:
             return
+        if listing is not None:
+            self._polled_tag = tag
         if rev != self._seen_revision:
             self._seen_revision = rev
-            self._on_change()
+            # The callback adopts the new state with read(): hand it this read instead of a
+            # second GET (only to this thread, only during the callback).
+            self._just_read = (threading.get_ident(), state, rev)
+            try:
+                self._on_change()
+            finally:
+                self._just_read = None
 
     def close(self) -> None:
         self._on_change = None

@@ -2,7 +2,16 @@
 
 A version is complete when its manifest lists files that are all present with their sizes
 (published atomically), or, for a directory copied in by hand, when its files have not
-changed for `settle_seconds`. Anything else is pending and is never handed to a loader.
+changed for `settle_seconds` and no upload below it is still running (an S3 multipart upload
+is not listed until it completes, so an unchanged listing alone does not prove a hand copy is
+done). Anything else is pending and is never handed to a loader.
+
+Cost per scan: on stores with a tree listing (S3, GCS) one listing of the base path gives every
+version, its files and the entries beside them (`top_level`: the routing state's); manifests
+are read only when their size, mtime or ETag changed. Elsewhere the base path is listed and
+each version directory walked (free on local disks). On a tree-listing store an empty base
+path is reported as unavailable, never as "no versions": on object storage a missing prefix
+and an emptied one look the same, and a hiccup must not unload what serves.
 """
 
 from __future__ import annotations
@@ -27,7 +36,9 @@ STAGING_PREFIX = ".staging-"
 # holding it and no matching manifest is being uploaded and never settles.
 PUBLISHING_MARKER = ".hotserve_publishing"
 
-Fingerprint = tuple[tuple[str, int, int], ...]
+# (relpath, size, mtime_ns) per file, plus the ETag where the store has one: object stores keep
+# mtimes to the second, so a same-size re-upload within a second changes only the ETag.
+Fingerprint = tuple[tuple, ...]
 
 
 @dataclass(frozen=True)
@@ -39,7 +50,7 @@ class VersionInfo:
 
     @property
     def size_bytes(self) -> int:
-        return sum(size for _, size, _ in self.fingerprint)
+        return sum(entry[1] for entry in self.fingerprint)
 
 
 @dataclass
@@ -61,7 +72,7 @@ def list_version_numbers(storage: Storage, base_path: str) -> list[int]:
 
 
 def _fingerprint(files: list[FileStat]) -> Fingerprint:
-    return tuple((f.relpath, f.size, f.mtime_ns) for f in files)
+    return tuple((f.relpath, f.size, f.mtime_ns, f.etag) if f.etag else (f.relpath, f.size, f.mtime_ns) for f in files)
 
 
 class VersionScanner:
@@ -70,9 +81,16 @@ class VersionScanner:
         self.base_path = base_path
         self.settle_seconds = settle_seconds
         self.model = model
-        self._seen_since: dict[int, tuple[Fingerprint, float]] = {}
+        self._seen_since: dict[int, tuple[tuple, float]] = {}
         self._ignored_names: set[str] = set()
         self._manifests: dict[str, tuple[tuple, dict]] = {}
+        # Hand copies found settled (with their fingerprint), so the in-progress-upload check
+        # runs once per settled listing, not every poll.
+        self._settled: dict[int, tuple] = {}
+        # Files directly under the base path as the last tree listing saw them (None: this store
+        # is walked, not tree-listed); the routing store reads its state file only when its
+        # entry here changed.
+        self.top_level: dict[str, FileStat] | None = None
         # version -> (directory stamp, manifest stamp, info, when fully listed): lets a scan skip
         # listing every file of a published version whose directory and manifest are unchanged.
         self._stable: dict[int, tuple[tuple, tuple, VersionInfo, float]] = {}
@@ -82,11 +100,14 @@ class VersionScanner:
     def scan(self, now: float | None = None, dirty: set[int] | None = None) -> ScanResult:
         """Raises StorageUnavailable when the base path itself cannot be listed.
 
-        `dirty`: the versions a change notification (inotify) named since the last scan; other
-        published versions listed within FULL_RESCAN_SECONDS are taken as they were, with no
-        system call. None (polling): each published version costs two stats unless changed."""
-        self._dirty = dirty
+        `dirty` (walked stores): the versions a change notification (inotify) named since the
+        last scan; other published versions listed within FULL_RESCAN_SECONDS are taken as they
+        were, with no system call. None (polling): each published version costs two stats
+        unless changed."""
         now = time.monotonic() if now is None else now
+        self._dirty = dirty
+        if self.storage.tree_listing:
+            return self._scan_tree(now)
         entries = self.storage.list_entries(self.base_path)
         result = ScanResult(complete={})
         present: set[int] = set()
@@ -105,19 +126,62 @@ class VersionScanner:
             self._classify(version, self.storage.join(self.base_path, name), now, result)
         if now >= self._next_staging_check:
             self._next_staging_check = now + 60.0
+        self._forget_gone(present)
+        return result
+
+    def _scan_tree(self, now: float) -> ScanResult:
+        """One listing of the whole base path (one request per 1000 objects)."""
+        files = self.storage.stat_files(self.base_path)
+        if not files:
+            raise StorageUnavailable(f"nothing listed under {self.base_path} (missing, not readable with these "
+                                     "credentials, or emptied); served versions are kept")
+        top: dict[str, FileStat] = {}
+        by_dir: dict[str, list[FileStat]] = {}
+        for f in files:
+            head, sep, rest = f.relpath.partition("/")
+            if sep:
+                by_dir.setdefault(head, []).append(FileStat(rest, f.size, f.mtime_ns, f.etag))
+            else:
+                top[head] = f
+        self.top_level = top
+        result = ScanResult(complete={})
+        present: set[int] = set()
+        for name, vfiles in by_dir.items():
+            if not name.isdigit():
+                self._ignore(name)
+                continue
+            version = int(name)
+            present.add(version)
+            self._judge(version, self.storage.join(self.base_path, name), vfiles, now, result)
+        for name in top:
+            self._ignore(name)
+        self._forget_gone(present)
+        return result
+
+    def invalidate(self) -> None:
+        """Forget what was cached about versions (after a failed scan, changes may have been missed)."""
+        self._stable.clear()
+
+    def _ignore(self, name: str) -> None:
+        if not name.startswith(".") and name not in self._ignored_names:
+            self._ignored_names.add(name)
+            log.info("model %s: ignoring %s in %s (not a numeric version directory)", self.model, name, self.base_path)
+
+    def _forget_gone(self, present: set[int]) -> None:
         for gone in set(self._seen_since) - present:
             del self._seen_since[gone]
+        for gone in set(self._settled) - present:
+            del self._settled[gone]
         for gone in set(self._stable) - present:
             del self._stable[gone]
         live = {self.storage.join(self.base_path, str(v)) for v in present}
         for gone in set(self._manifests) - live:
             del self._manifests[gone]
-        return result
 
     def _manifest(self, path: str, mstat: FileStat) -> dict:
         """The parsed manifest, re-read only when its size or mtime changed: a scan runs every
         poll interval and must stay cheap for repositories with many versions."""
-        key = (path, mstat.size, mstat.mtime_ns)
+        key = (path, mstat.size, mstat.mtime_ns, mstat.etag)
         cached = self._manifests.get(path)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -142,7 +206,8 @@ class VersionScanner:
 
     def _cheap_unchanged(self, version: int, path: str, now: float) -> VersionInfo | None:
         """The cached info of a published version whose directory and manifest did not change
-        since its last full listing (checked with two stats, not one per file)."""
+        since its last full listing (no system call when inotify says nothing changed; two
+        stats, not one per file, when polling)."""
         cached = self._stable.get(version)
         if cached is None or now - cached[3] >= FULL_RESCAN_SECONDS:
             return None
@@ -160,6 +225,7 @@ class VersionScanner:
         return cached[2]
 
     def _classify(self, version: int, path: str, now: float, result: ScanResult) -> None:
+        """A walked store's version: its cached state if unchanged, else a listing of its files."""
         info = self._cheap_unchanged(version, path, now)
         if info is not None:
             result.complete[version] = info
@@ -176,6 +242,15 @@ class VersionScanner:
             else:
                 result.unreadable[version] = f"cannot read version directory: {exc}"
             return
+        self._judge(version, path, files, now, result)
+        info = result.complete.get(version)
+        if info is not None and info.published and not self.storage.tree_listing:
+            mstat = next(f for f in files if f.relpath == manifest.MANIFEST_NAME)
+            dstat = self.storage.stat(path)
+            if dstat is not None:
+                self._stable[version] = ((dstat.mtime_ns, dstat.size), (mstat.mtime_ns, mstat.size), info, now)
+
+    def _judge(self, version: int, path: str, files: list[FileStat], now: float, result: ScanResult) -> None:
         fp = _fingerprint(files)
         if not files:
             result.pending[version] = "empty directory"
@@ -183,24 +258,37 @@ class VersionScanner:
         mstat = next((f for f in files if f.relpath == manifest.MANIFEST_NAME), None)
         if mstat is not None:
             try:
-                if manifest.sizes_match(self._manifest(path, mstat), files):
-                    info = VersionInfo(version, path, fp, published=True)
-                    result.complete[version] = info
-                    dstat = self.storage.stat(path)
-                    if dstat is not None:
-                        self._stable[version] = ((dstat.mtime_ns, dstat.size), (mstat.mtime_ns, mstat.size), info, now)
-                    return
-            except Exception:  # a manifest mid-write or corrupt: fall through to the settle rule
-                pass
+                doc = self._manifest(path, mstat)
+            except StorageUnavailable:
+                raise  # the store failed mid-scan: the whole scan failed, nothing served changes
+            except Exception:  # a manifest mid-write, deleted or corrupt: fall through to the settle rule
+                doc = None
+            if doc is not None and manifest.sizes_match(doc, files):
+                result.complete[version] = VersionInfo(version, path, fp, published=True)
+                return
         if any(f.relpath == PUBLISHING_MARKER for f in files):
             result.pending[version] = "being published (upload in progress)"
             return
         # Hand-copied (or manifest not matching yet): complete only once unchanged for the settle time.
+        # ETags count as change too: object stores keep mtimes to the second.
+        listed = tuple((f.relpath, f.size, f.mtime_ns, f.etag) for f in files)
         seen = self._seen_since.get(version)
-        if seen is None or seen[0] != fp:
-            self._seen_since[version] = (fp, now)
+        if seen is None or seen[0] != listed:
+            self._seen_since[version] = (listed, now)
             seen = self._seen_since[version]
         waited = now - seen[1]
+        if waited >= self.settle_seconds and self._settled.get(version) != listed:
+            try:
+                uploading = self.storage.uploads_in_progress(path)
+            except (OSError, StorageUnavailable):
+                uploading = True  # cannot tell: not settled yet
+            if uploading:
+                self._seen_since[version] = (listed, now)  # the settle time starts again once it is listed
+                result.pending[version] = "an upload below it is still in progress"
+                result.next_check_in = self.settle_seconds if result.next_check_in is None else min(
+                    result.next_check_in, self.settle_seconds)
+                return
+            self._settled[version] = listed
         if waited >= self.settle_seconds:
             result.complete[version] = VersionInfo(version, path, fp, published=False)
         else:

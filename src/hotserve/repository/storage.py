@@ -6,11 +6,17 @@ copies runtimes load from all go through a Storage, so a repository on object st
 form: absolute local paths for LocalStorage, full URLs (`s3://bucket/prefix/...`) for remote
 stores; `join` builds them.
 
-Two capabilities differ between stores and callers branch on them, never on the scheme:
+Three capabilities differ between stores and callers branch on them, never on the scheme:
 - `atomic_rename`: a directory can be renamed into place in one step (local filesystems). Where
   it cannot, publish uploads into the final place and the manifest, written last, is the commit.
 - `local`: paths are on this machine, so runtimes read them directly and inotify can watch them.
-  Remote stores hand runtimes a verified local copy from `local_dir`.
+  Remote stores hand runtimes a verified local copy from `local_dir` (repository/cache.py).
+- `tree_listing`: one request lists every file below a prefix (S3, GCS: a listing without a
+  delimiter). The scanner then reads a whole base path (versions, their files, the routing
+  state's entry) with one listing per poll; elsewhere it walks directory by directory.
+
+Remote stores count the requests they make through `on_request(kind)` (kinds: list, head, get,
+put, delete), which a server points at hotserve_storage_requests_total so the bill is visible.
 """
 
 from __future__ import annotations
@@ -37,10 +43,18 @@ class FileStat:
     etag: str = ""
 
 
+RequestHook = Callable[[str], None]
+
+
+def _no_count(kind: str) -> None:
+    pass
+
+
 class Storage(Protocol):
     scheme: str
     local: bool
     atomic_rename: bool
+    tree_listing: bool
 
     def join(self, base: str, *parts: str) -> str:
         ...
@@ -81,7 +95,17 @@ class Storage(Protocol):
         """Move a directory into place atomically; only where atomic_rename is True."""
 
     def local_dir(self, path: str) -> str:
-        """A local directory holding the same files, for runtimes that need one."""
+        """A local directory holding the same files, for runtimes that need one (remote stores:
+        downloaded and verified into the cache; StorageUnavailable if the download kept failing,
+        LoadError if the store's copy does not match its manifest)."""
+
+    def release_local_dir(self, path: str) -> None:
+        """The local copy of path is no longer in use (its version unloaded or failed); the
+        cache may evict it."""
+
+    def uploads_in_progress(self, path: str) -> bool:
+        """True if an upload below path has started but not finished and is not listed yet (S3
+        multipart uploads): a hand copy is not settled while one is running."""
 
 
 def _fsync(path: str) -> None:
@@ -96,6 +120,8 @@ class LocalStorage:
     scheme = "file"
     local = True
     atomic_rename = True
+    tree_listing = False
+    on_request: RequestHook = staticmethod(_no_count)  # local requests cost nothing; not counted
 
     def join(self, base: str, *parts: str) -> str:
         return os.path.join(base, *parts)
@@ -192,6 +218,12 @@ class LocalStorage:
     def local_dir(self, path: str) -> str:
         return path
 
+    def release_local_dir(self, path: str) -> None:
+        pass
+
+    def uploads_in_progress(self, path: str) -> bool:
+        return False  # a file being written is listed (and changing): the settle rule sees it
+
 
 def _is_dir(entry: os.DirEntry) -> bool:
     try:
@@ -202,17 +234,25 @@ def _is_dir(entry: os.DirEntry) -> bool:
 
 # scheme -> factory(url) for remote stores; object-storage modules register themselves here.
 _REMOTE: dict[str, Callable[[str], Storage]] = {}
-# Modules that register a scheme when imported (kept lazy: their libraries are optional extras).
-_PROVIDERS: dict[str, str] = {}
+# Modules that register a scheme when imported (kept lazy: their libraries are optional extras),
+# and the pip extra that installs what they need.
+_PROVIDERS: dict[str, tuple[str, str]] = {}
 
 
 def register_scheme(scheme: str, factory: Callable[[str], Storage]) -> None:
     _REMOTE[scheme] = factory
 
 
-def register_provider(scheme: str, module: str) -> None:
-    """`module`, once imported, registers `scheme` (imported on first use of a URL with it)."""
-    _PROVIDERS[scheme] = module
+def register_provider(scheme: str, module: str, extra: str | None = None) -> None:
+    """`module`, once imported, registers `scheme` (imported on first use of a URL with it);
+    `extra` names the pip extra that installs its libraries (default: the scheme)."""
+    _PROVIDERS[scheme] = (module, extra or scheme)
+
+
+register_provider("s3", "hotserve.repository.s3")
+register_provider("gs", "hotserve.repository.fsspec_store", "gcs")
+register_provider("hdfs", "hotserve.repository.fsspec_store", "hdfs")
+register_provider("webhdfs", "hotserve.repository.fsspec_store", "webhdfs")
 
 
 _LOCAL = LocalStorage()
@@ -230,11 +270,12 @@ def storage_for(base_path: str) -> Storage:
     if scheme not in _REMOTE and scheme in _PROVIDERS:
         import importlib
 
+        module, extra = _PROVIDERS[scheme]
         try:
-            importlib.import_module(_PROVIDERS[scheme])
+            importlib.import_module(module)
         except ImportError as exc:
             raise ValueError(f"model_base_path {base_path!r}: {scheme}:// needs an optional dependency that is not "
-                             f"installed ({exc}); install hotserve with its extra, e.g. pip install 'hotserve[{scheme}]'") from None
+                             f"installed ({exc}); install hotserve with its extra: pip install 'hotserve[{extra}]'") from None
     factory = _REMOTE.get(scheme)
     if factory is None:
         known = ", ".join(["local paths", *sorted(f"{s}://" for s in {*_REMOTE, *_PROVIDERS})])

@@ -23,6 +23,10 @@ _READ_ONLY_EVENTS = frozenset({"opened", "closed_no_write", "accessed"})
 
 # Writes arrive as bursts of events; waiting this long after the first one coalesces a burst.
 _DEBOUNCE_SECONDS = 0.02
+# While the store is unreachable the poll interval doubles per failed scan up to this (or the
+# poll interval, if longer): a fleet does not hammer a struggling store, and recovery is seen
+# within this long of it.
+OUTAGE_MAX_BACKOFF_SECONDS = 30.0
 
 
 class RepositoryWatcher:
@@ -47,6 +51,7 @@ class RepositoryWatcher:
         self._watched_ino: int | None = None
         self._last_key: tuple | None = None
         self._in_outage = False
+        self._failures = 0  # consecutive failed scans
         self._scan_lock = threading.Lock()
         self.on_recovered = on_recovered
         self._probes: list[Callable[[], None]] = []
@@ -148,13 +153,18 @@ class RepositoryWatcher:
                 with self._scan_lock:
                     result = self.scanner.scan(dirty=self._dirty_versions())
             except StorageUnavailable as exc:
+                self.scanner.invalidate()
+                self._failures += 1
                 if not self._in_outage:
                     self._in_outage = True
                     self.on_outage(str(exc))
                 self._last_key = None
+                wait = min(self.poll_wait_seconds * 2 ** (self._failures - 1),
+                           max(self.poll_wait_seconds, OUTAGE_MAX_BACKOFF_SECONDS))
             except Exception:
                 log.exception("model %s: scanning %s failed", self.scanner.model, self.scanner.base_path)
             else:
+                self._failures = 0
                 if self._in_outage:
                     self._in_outage = False
                     if self.on_recovered is not None:

@@ -75,7 +75,11 @@ class V1Routes:
         mm = self.ctx.manager.get(name)
         if label is not None:
             version = mm.label_version(label)
-        return Reply(200, tfs.dumps(tfs.status_doc(mm.statuses(version))))
+        doc = tfs.status_doc(mm.statuses(version))
+        outage = mm.storage_status()
+        if outage is not None:  # only during a storage outage: served versions are kept, this says why nothing changes
+            doc["storage"] = outage
+        return Reply(200, tfs.dumps(doc))
 
     @staticmethod
     def _predict(body: bytes):
