@@ -54,6 +54,9 @@ class ModelConfig:
     canary: CanaryConfig | None = None
     # None: the server's --enable_batching setting; False: off for this model; parameters: its own.
     batching: BatchingParameters | bool | None = None
+    # TF Serving's logging_config { sampling_config { sampling_rate } }: the share of predict
+    # requests written to the prediction log (0: off). Needs a feedback store on the server.
+    logging_sampling_rate: float = 0.0
 
 
 def _policy_from_proto(p) -> VersionPolicy:
@@ -79,6 +82,7 @@ def _from_proto(server_config) -> list[ModelConfig]:
             policy=_policy_from_proto(c.model_version_policy),
             labels={k: int(v) for k, v in c.version_labels.items()},
             platform=c.model_platform,
+            logging_sampling_rate=c.logging_config.sampling_config.sampling_rate if c.HasField("logging_config") else 0.0,
         )
         for c in server_config.model_config_list.config
     ]
@@ -102,7 +106,21 @@ def from_proto(server_config) -> list[ModelConfig]:
     return validate(_from_proto(server_config))
 
 
-_MODEL_KEYS = {"name", "base_path", "model_platform", "model_version_policy", "version_labels", "canary", "batching"}
+_MODEL_KEYS = {"name", "base_path", "model_platform", "model_version_policy", "version_labels", "canary", "batching",
+               "logging_config"}
+
+
+def _sampling_rate_from_yaml(doc, where: str) -> float:
+    """logging_config: {sampling_config: {sampling_rate: 0.5}}, as the text proto spells it."""
+    if doc is None:
+        return 0.0
+    shape = f"{where}: logging_config must be {{sampling_config: {{sampling_rate: R}}}} with R from 0 to 1"
+    if not isinstance(doc, dict) or set(doc) != {"sampling_config"} or not isinstance(doc["sampling_config"], dict):
+        raise ConfigError(shape)
+    rate = doc["sampling_config"].get("sampling_rate", 0.0)
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool):
+        raise ConfigError(shape)
+    return float(rate)
 
 
 def _policy_from_yaml(p, where: str) -> VersionPolicy:
@@ -185,6 +203,7 @@ def parse_yaml(text: str) -> list[ModelConfig]:
             platform=str(m.get("model_platform", "")),
             canary=canary,
             batching=batching,
+            logging_sampling_rate=_sampling_rate_from_yaml(m.get("logging_config"), where),
         ))
     return validate(out)
 
@@ -203,6 +222,9 @@ def validate(models: list[ModelConfig]) -> list[ModelConfig]:
             raise ConfigError(f"model {m.name!r} needs a base_path")
         if m.platform not in KNOWN_PLATFORMS:
             raise ConfigError(f"model {m.name!r}: model_platform {m.platform!r} unknown; expected one of {sorted(KNOWN_PLATFORMS - {''})}")
+        if not 0.0 <= m.logging_sampling_rate <= 1.0:
+            raise ConfigError(f"model {m.name!r}: logging_config sampling_rate is a share from 0 to 1, "
+                              f"got {m.logging_sampling_rate}")
         for label, version in m.labels.items():
             if not label or version < 0:
                 raise ConfigError(f"model {m.name!r}: label {label!r} -> {version} is not a label and a version number")

@@ -19,10 +19,12 @@ import asyncio
 import logging
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Protocol, TypeVar
 
+from hotserve.core import inference
 from hotserve.core.loaded import LoadedVersion
 from hotserve.core.manager import Manager
 from hotserve.errors import Code, HotserveError
@@ -45,7 +47,10 @@ class Call:
     api: str = "predict"  # predict | classify | regress | infer | multi_inference
     entrypoint: str = "REST"  # REST | GRPC
     size: int = 0  # request bytes, for the inline decision
-    request_id: str | None = None
+    request_id: str | None = None  # X-Request-Id, V2's body id, gRPC x-request-id; or made here
+    # The decoded inputs and outputs of a predict/infer, left by core.inference for observers.
+    inputs: dict | None = None
+    outputs: dict | None = None
 
 
 @dataclass
@@ -54,6 +59,7 @@ class Done(Generic[R]):
     error: HotserveError | None
     version: str | None  # the bound version, also on errors raised after binding
     seconds: float = 0.0
+    request_id: str | None = None  # echoed in the answer (header, metadata)
 
 
 class Observer(Protocol):
@@ -100,6 +106,8 @@ class RequestFrame:
         self.manager = manager
         self.executor = executor
         self.observers: list[Observer] = []
+        # model -> whether requests without an id get one made here (prediction logging is on).
+        self.wants_id: Callable[[str], bool] | None = None
 
     def run_sync(self, call: Call, prepare: Callable[[], P], execute: Callable[[LoadedVersion, P], R],
                  slot: "_Slot | None" = None) -> Done[R]:
@@ -110,26 +118,33 @@ class RequestFrame:
         err: HotserveError | None = None
         try:
             prepared = prepare()
+            if call.request_id is None and self.wants_id is not None and self.wants_id(call.model):
+                call.request_id = uuid.uuid4().hex
             lv = self.manager.acquire(call.model, call.version, call.label, call.key)
         except Exception as exc:
             err = _as_error(exc, None)
         else:
             if slot is not None:
                 slot.lv = lv
+            observers = self.observers
             try:
+                if observers:
+                    inference.capture_into(call)
                 value = execute(lv, prepared)
-                for observe in self.observers:
+                for observe in observers:
                     observe(call, lv, prepared, value)
             except Exception as exc:
                 err = _as_error(exc, lv)
             finally:
+                if observers:
+                    inference.capture_into(None)
                 lv.release()
         seconds = time.perf_counter() - t0
         version = lv.version_str if lv is not None else None
         if slot is None or not slot.answered():
             metrics.record_request(call.model, version or "", call.api, call.entrypoint,
                                    err.code.value if err else "OK", seconds)
-        return Done(value, err, version, seconds)
+        return Done(value, err, version, seconds, call.request_id)
 
     async def run(self, call: Call, prepare: Callable[[], P], execute: Callable[[LoadedVersion, P], R],
                   timeout: float | None = None, timeout_flag: str = "") -> Done[R]:
@@ -153,4 +168,4 @@ class RequestFrame:
                                timeout)
         hint = f" ({timeout_flag})" if timeout_flag else ""
         return Done(None, HotserveError(f"request did not finish within {timeout:g}s{hint}", Code.DEADLINE_EXCEEDED),
-                    version, timeout)
+                    version, timeout, call.request_id)

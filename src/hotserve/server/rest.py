@@ -20,6 +20,7 @@ from hotserve.server.context import ServerContext
 from hotserve.server.events_api import events_reply
 from hotserve.server.rest_tfserving import PREFIX as V1_PREFIX
 from hotserve.server.rest_tfserving import V1Routes
+from hotserve.server.rest_learning import LearningRoutes, is_learning_path
 from hotserve.server.rest_v2 import V2Routes
 
 log = logging.getLogger("hotserve.rest")
@@ -36,6 +37,7 @@ class RestApp:
         self.v1 = V1Routes(ctx)
         self.v2 = V2Routes(ctx)
         self.admin = AdminRoutes(ctx)
+        self.learning = LearningRoutes(ctx)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -60,6 +62,8 @@ class RestApp:
     async def _dispatch(self, scope, receive) -> Reply:
         path: str = scope["path"]
         method: str = scope["method"]
+        if is_learning_path(path):
+            return await self.learning.dispatch(path, method, scope, receive)
         if path.startswith(V1_PREFIX):
             return await self.v1.dispatch(path[len(V1_PREFIX):], method, scope, receive)
         if path in _METRICS_PATHS:

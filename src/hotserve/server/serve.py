@@ -38,6 +38,10 @@ class ServeOptions:
     config_poll_seconds: float = 0.0
     admin_token: str | None = None
     reload_timeout_seconds: float = 60.0
+    # Continuous learning: a feedback store (--learning_dir's SQLite file, or --feedback_store).
+    feedback_store: str | None = None
+    feedback_retention: object | None = None  # learning.store.Retention
+    prediction_log_queue: int = 10_000
 
 
 def bind_socket(host: str, port: int, reuse_port: bool = False, listen: bool = True) -> socket.socket:
@@ -118,6 +122,7 @@ async def serve(opts: ServeOptions) -> None:
                                 opts.reload_timeout_seconds) if opts.config_file else None
     ctx = build_context(manager, executor, opts.admin_token, opts.rest_api_timeout_seconds,
                         opts.reload_timeout_seconds, watcher.reload_now if watcher else None)
+    learning = _start_learning(opts, manager, ctx)
     app = RestApp(ctx)
     metrics.WORKER = str(opts.worker_id or 0)
     rest = _Uvicorn(app, sock)
@@ -146,8 +151,26 @@ async def serve(opts: ServeOptions) -> None:
         if watcher is not None:
             watcher.stop()
         await grpc_server.stop()
+        if learning is not None:
+            await loop.run_in_executor(None, learning.stop)
         await loop.run_in_executor(None, manager.stop)
         executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _start_learning(opts: ServeOptions, manager: Manager, ctx):
+    """The prediction log (a frame observer) and the feedback API, when a store is configured."""
+    if not opts.feedback_store:
+        return None
+    from hotserve.learning.service import LearningService
+    from hotserve.learning.store import open_store
+
+    service = LearningService(manager, open_store(opts.feedback_store, opts.feedback_retention),
+                              queue_capacity=opts.prediction_log_queue).start()
+    ctx.learning = service
+    ctx.frame.observers.append(service.log)
+    ctx.frame.wants_id = service.log.wants_id
+    log.info("continuous learning on: feedback store %s", service.store.url)
+    return service
 
 
 def run(opts: ServeOptions) -> int:
