@@ -38,6 +38,7 @@ def test_full_queue_drops_and_counts_without_blocking():
     lv = SimpleNamespace(version=1)
     dropped0 = metrics.PREDICTION_LOG.value(("plog", "dropped"))
     plog(_call(0), lv, None, None)  # taken by the writer, which then blocks in the store
+    plog._wake.set()
     deadline = time.monotonic() + 10
     while plog.depth and time.monotonic() < deadline:
         time.sleep(0.01)

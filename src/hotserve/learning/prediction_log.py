@@ -3,18 +3,19 @@ outputs} for models with logging on, and a writer thread that drains the queue i
 feedback store in batches.
 
 The request path only samples, builds one small record (references to the arrays it already
-has; encoding happens in the writer) and does a non-blocking put. When the queue is full the
-record is dropped and counted (`hotserve_prediction_log_records_total{outcome="dropped"}`),
-never the request, and never a wait.
+has; encoding happens in the writer) and appends it to a deque: no lock, no wake-up. The
+writer wakes every 20 ms (or when a feedback call flushes) and writes everything queued in a
+few transactions. When the queue is full the record is dropped and counted
+(`hotserve_prediction_log_records_total{outcome="dropped"}`), never the request, and never a wait.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import random
 import threading
 import time
+from collections import deque
 from typing import Any, Callable
 
 from hotserve.learning.store import FeedbackStore, Prediction
@@ -22,19 +23,23 @@ from hotserve.observability import metrics
 
 log = logging.getLogger("hotserve.learning")
 
-_BATCH = 512
+_LINGER = 0.02  # the writer wakes this often: batches of many records, no wake-up per request
+_CHUNK = 2000  # records per store transaction
 
 
 class PredictionLog:
     def __init__(self, store: FeedbackStore, rate_of: Callable[[str], float], capacity: int = 10_000) -> None:
         self.store = store
         self.rate_of = rate_of  # model -> sampling rate (0: off); read per request, so config reloads apply
-        self._q: queue.Queue[Prediction | None] = queue.Queue(maxsize=capacity)
+        self.capacity = capacity
+        # deque.append and len are atomic: the request path takes no lock and wakes nobody.
+        self._q: deque[Prediction] = deque()
         self._cv = threading.Condition()
-        self._enqueued = 0
-        self._written = 0  # written or given up on: flush() waits for this to catch up
+        self._started = 0  # writer batches started / done: flush() waits for one started after it
+        self._done = 0
+        self._wake = threading.Event()
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
-        self._stopped = False
 
     def start(self) -> "PredictionLog":
         self._thread.start()
@@ -50,72 +55,65 @@ class PredictionLog:
         rate = self.rate_of(call.model)
         if rate <= 0.0 or (rate < 1.0 and random.random() >= rate):
             return
-        rec = Prediction(call.request_id, call.model, lv.version, time.time(), call.inputs, call.outputs or {})
-        with self._cv:
-            self._enqueued += 1
-        try:
-            self._q.put_nowait(rec)
-        except queue.Full:
+        if len(self._q) >= self.capacity:
             metrics.PREDICTION_LOG.inc((call.model, "dropped"))
-            with self._cv:
-                self._written += 1
-                self._cv.notify_all()
+            return
+        self._q.append(Prediction(call.request_id, call.model, lv.version, time.time(), call.inputs,
+                                  call.outputs or {}))
 
     def flush(self, timeout: float) -> bool:
         """Wait until every record queued before this call is in the store (a feedback call
         does this first, so a label right after its prediction finds it)."""
         deadline = time.monotonic() + timeout
         with self._cv:
-            target = self._enqueued
-            while self._written < target:
+            target = self._started + 1  # a batch that starts after now drains everything queued now
+            self._wake.set()
+            while self._done < target:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or not self._thread.is_alive():
                     return False
                 self._cv.wait(remaining)
         return True
 
     @property
     def depth(self) -> int:
-        return self._q.qsize()
+        return len(self._q)
 
     def _run(self) -> None:
         while True:
-            first = self._q.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < _BATCH:
-                try:
-                    rec = self._q.get_nowait()
-                except queue.Empty:
-                    break
-                if rec is None:
-                    self._stopped = True
-                    break
-                batch.append(rec)
-            try:
-                self.store.log_predictions(batch)
-                outcome = "logged"
-            except Exception:
-                log.exception("prediction log: writing %d record(s) to %s failed; they are lost", len(batch),
-                              self.store.url)
-                outcome = "failed"
-            per_model: dict[str, int] = {}
-            for rec in batch:
-                per_model[rec.model] = per_model.get(rec.model, 0) + 1
-            for model, n in per_model.items():
-                metrics.PREDICTION_LOG.inc((model, outcome), n)
-            metrics.PREDICTION_LOG_QUEUE.set((), self._q.qsize())
+            self._wake.wait(_LINGER)
+            self._wake.clear()
             with self._cv:
-                self._written += len(batch)
+                self._started += 1
+                mine = self._started
+            batch = []
+            while self._q:
+                batch.append(self._q.popleft())
+                if len(batch) >= _CHUNK or not self._q:
+                    self._write(batch)
+                    batch = []
+            metrics.PREDICTION_LOG_QUEUE.set((), len(self._q))
+            with self._cv:
+                self._done = mine
                 self._cv.notify_all()
-            if self._stopped:
+            if self._stopping:
                 return
+
+    def _write(self, batch: list[Prediction]) -> None:
+        try:
+            self.store.log_predictions(batch)
+            outcome = "logged"
+        except Exception:
+            log.exception("prediction log: writing %d record(s) to %s failed; they are lost", len(batch), self.store.url)
+            outcome = "failed"
+        per_model: dict[str, int] = {}
+        for rec in batch:
+            per_model[rec.model] = per_model.get(rec.model, 0) + 1
+        for model, n in per_model.items():
+            metrics.PREDICTION_LOG.inc((model, outcome), n)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Write what is queued (bounded), then end the writer."""
-        try:
-            self._q.put(None, timeout=timeout)
-        except queue.Full:
-            return
+        self._stopping = True
+        self._wake.set()
         self._thread.join(timeout)

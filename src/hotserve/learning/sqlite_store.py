@@ -10,6 +10,7 @@ Each thread gets its own connection.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -21,11 +22,11 @@ from hotserve.learning import tensors
 from hotserve.learning.store import Example, FeedbackResult, Label, NewExample, Prediction, Retention, StoreStats
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS predictions (
+CREATE TABLE IF NOT EXISTS predictions (      -- rows append in time order (rowid); blobs stay in place
     model TEXT NOT NULL, request_id TEXT NOT NULL, version INTEGER NOT NULL, time REAL NOT NULL,
-    inputs BLOB NOT NULL, outputs BLOB NOT NULL,
-    PRIMARY KEY (model, request_id)            -- the join: feedback finds its prediction by id
-) WITHOUT ROWID;
+    inputs BLOB NOT NULL, outputs BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS predictions_by_request ON predictions (model, request_id);  -- the join
 CREATE INDEX IF NOT EXISTS predictions_by_time ON predictions (time);
 CREATE TABLE IF NOT EXISTS examples (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,     -- the watermark: never reused, only grows
@@ -46,6 +47,16 @@ CREATE INDEX IF NOT EXISTS learner_log_by_model ON learner_log (model, id);
 """
 
 _LEARNER_LOG_KEEP = 1000
+# One INSERT of many rows: sqlite3 releases and retakes the GIL around every statement step, and
+# executemany steps once per row; in the serving process that hand-off per row costs the request
+# threads far more than the insert itself (bench/learning.py).
+_ROWS_PER_INSERT = 500
+
+
+@functools.lru_cache(maxsize=None)
+def _insert_predictions(n: int) -> str:
+    return ("INSERT OR IGNORE INTO predictions (model, request_id, version, time, inputs, outputs) VALUES "
+            + ",".join(["(?, ?, ?, ?, ?, ?)"] * n))
 
 
 class SqliteStore:
@@ -88,7 +99,9 @@ class SqliteStore:
             per_model[r.model] = per_model.get(r.model, 0) + 1
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany("INSERT OR IGNORE INTO predictions VALUES (?, ?, ?, ?, ?, ?)", rows)
+            for i in range(0, len(rows), _ROWS_PER_INSERT):
+                chunk = rows[i:i + _ROWS_PER_INSERT]
+                conn.execute(_insert_predictions(len(chunk)), [v for row in chunk for v in row])
             for model, n in per_model.items():
                 _bump(conn, model, "predictions_logged_total", n)
             conn.execute("COMMIT")

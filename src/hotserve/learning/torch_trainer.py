@@ -191,18 +191,20 @@ class TorchTrainer:
         return labels.get(self._output_name(), next(iter(labels.values()))).astype(np.float32)
 
     def _write_initializers(self, path: str) -> None:
-        import onnx
-        from onnx import numpy_helper
+        """The served graph with new weights: each initializer's raw bytes replaced in place
+        (the template is ours), then one serialization. No graph tracing, no copy of the proto."""
+        from onnx import helper
 
-        model = onnx.ModelProto()
-        model.CopyFrom(self.template)
-        state = self._state()
-        for init in model.graph.initializer:
-            if init.name in state:
-                init.CopyFrom(numpy_helper.from_array(state[init.name].astype(
-                    numpy_helper.to_array(init).dtype, copy=False), init.name))
+        state = {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+        for init in self.template.graph.initializer:
+            arr = state.get(init.name)
+            if arr is None:
+                continue
+            dtype = helper.tensor_dtype_to_np_dtype(init.data_type)
+            init.raw_data = np.ascontiguousarray(arr, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
+            del init.float_data[:]  # the weights live in raw_data only
         with open(path, "wb") as f:
-            f.write(model.SerializeToString())
+            f.write(self.template.SerializeToString())
 
     def _torch_export(self, path: str) -> None:
         import io

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Protocol, TypeVar
@@ -119,7 +119,7 @@ class RequestFrame:
         try:
             prepared = prepare()
             if call.request_id is None and self.wants_id is not None and self.wants_id(call.model):
-                call.request_id = uuid.uuid4().hex
+                call.request_id = f"{random.getrandbits(128):032x}"  # unique, not secret: no syscall
             lv = self.manager.acquire(call.model, call.version, call.label, call.key)
         except Exception as exc:
             err = _as_error(exc, None)
