@@ -30,7 +30,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from benchlib import session, tools  # noqa: E402
+from benchlib import procs, session, tools  # noqa: E402
 from benchlib.loadgen import run_wrk  # noqa: E402
 from benchlib.payloads import make_payload  # noqa: E402
 from benchlib.servers import start_hotserve  # noqa: E402
@@ -56,8 +56,12 @@ def logging_cost(opts, workdir: str, log) -> list[dict]:
             srv = start_hotserve(base, os.path.join(workdir, f"srv-{rnd}-{len(rows[name])}"), ["tfs-json"], flags)
             try:
                 run_wrk(srv.url, payload, opts.concurrency, 1.0, threads=1, client_cpus=opts.client_cpus, workdir=workdir)
+                cpu0 = procs.cpu_seconds([srv.pid])
                 r = run_wrk(srv.url, payload, opts.concurrency, opts.seconds, threads=1, client_cpus=opts.client_cpus,
                             workdir=workdir)
+                # Server CPU per answered request: what logging adds, less at the mercy of other
+                # load on the machine than requests/s.
+                r["cpu_us"] = (procs.cpu_seconds([srv.pid]) - cpu0) / max(1, r["ok"]) * 1e6
                 if "on" in name:
                     import urllib.request
 
@@ -67,14 +71,17 @@ def logging_cost(opts, workdir: str, log) -> list[dict]:
             finally:
                 srv.stop()
             rows[name].append(r)
-            log(f"  round {rnd + 1} {name:22} {r['rps']:8.0f} req/s  p99 {r['p99_ms']:6.2f} ms  errors {r['errors']}")
+            log(f"  round {rnd + 1} {name:22} {r['rps']:8.0f} req/s  p99 {r['p99_ms']:6.2f} ms  "
+                f"server CPU {r['cpu_us']:6.0f} us/request  errors {r['errors']}")
     out = []
     base_rps = statistics.median(r["rps"] for r in rows["logging off"])
+    base_cpu = statistics.median(r["cpu_us"] for r in rows["logging off"])
     for name, rs in rows.items():
         rps = statistics.median(r["rps"] for r in rs)
+        cpu = statistics.median(r["cpu_us"] for r in rs)
         out.append({"config": name, "rps": rps, "p99_ms": statistics.median(r["p99_ms"] for r in rs),
                     "errors": sum(r["errors"] for r in rs), "ratio": rps / base_rps,
-                    "dropped": dropped if "on" in name else 0})
+                    "cpu_us": cpu, "cpu_ratio": cpu / base_cpu, "dropped": dropped if "on" in name else 0})
     return out
 
 
@@ -116,7 +123,7 @@ def freshness(opts, workdir: str, log) -> dict:
     s = run(duration=opts.demo_seconds, workdir=os.path.join(workdir, "demo"), png=os.path.join(RESULTS, "learning_demo.png"),
             quiet=True)
     keep = {k: s[k] for k in ("requests", "failures", "feedback_calls", "impressions_labelled", "versions_published",
-                              "freshness_p50", "freshness_p99", "freshness_n", "auc_on_pre", "auc_on_end", "auc_off_end",
+                              "freshness_p50", "freshness_p99", "freshness_n", "steady_p50", "steady_p99", "steady_n", "auc_on_pre", "auc_on_end", "auc_off_end",
                               "png")}
     log(f"  freshness p50 {keep['freshness_p50']:.3f}s p99 {keep['freshness_p99']:.3f}s over {keep['freshness_n']} feedback "
         f"calls; {keep['versions_published']} versions; failed requests {keep['failures']}")
@@ -130,9 +137,11 @@ def render(res: dict) -> str:
     if res.get("logging"):
         lines += ["## Prediction logging cost (REST TFS JSON, batch 1, concurrency "
                   f"{res['meta']['concurrency']}, median of {res['meta']['rounds']} rounds)", "",
-                  "| config | req/s | p99 ms | ratio to off | dropped records | errors |", "|---|---:|---:|---:|---:|---:|"]
+                  "| config | req/s | ratio to off | server CPU us/request | ratio to off | p99 ms | dropped records | errors |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in res["logging"]:
-            lines.append(f"| {r['config']} | {r['rps']:.0f} | {r['p99_ms']:.2f} | {r['ratio']:.3f} | {r['dropped']:.0f} | {r['errors']} |")
+            lines.append(f"| {r['config']} | {r['rps']:.0f} | {r['ratio']:.3f} | {r['cpu_us']:.0f} | {r['cpu_ratio']:.3f} | "
+                         f"{r['p99_ms']:.2f} | {r['dropped']:.0f} | {r['errors']} |")
         lines.append("")
     if res.get("export"):
         lines += ["## Export of a new version (PyTorch trainer, median)", "",
@@ -147,6 +156,7 @@ def render(res: dict) -> str:
                   "| figure | value | target |", "|---|---:|---|",
                   f"| freshness p50 (feedback 200 -> served by a version trained on it) | {f['freshness_p50']:.3f} s | <= 2 s |",
                   f"| freshness p99 | {f['freshness_p99']:.3f} s | <= 5 s |",
+                  f"| freshness p50 / p99 after the first learned version served | {f['steady_p50']:.3f} s / {f['steady_p99']:.3f} s | |",
                   f"| feedback calls measured | {f['freshness_n']} | |",
                   f"| learned versions published | {f['versions_published']} | |",
                   f"| failed requests (predict + feedback) | {f['failures']} of {f['requests']} | 0 |",

@@ -145,3 +145,26 @@ def test_first_version_without_baseline(tmp_path):
     lineage = manifest.read(os.path.join(base, "1"))["lineage"]
     assert lineage["parent"] is None and lineage["metrics"]["parent"] == {}
     assert "no baseline (first version)" in out.stderr
+
+
+def test_learner_keeps_its_newest_versions_only(tmp_path):
+    """--keep_versions: older learner-made versions go; operator-published ones and the serving one stay."""
+    from types import SimpleNamespace
+
+    from hotserve.examples import make_affine
+    from hotserve.learning.learner import Learner, LearnerOptions
+    from hotserve.learning.store import open_store
+    from hotserve.repository.publish import publish
+
+    base = str(tmp_path / "m")
+    src = make_affine(str(tmp_path / "b" / "model.onnx"), 1.0)
+    for v in range(1, 7):
+        extra = {} if v == 2 else {"lineage": {"source": "learner", "model": "m"}}
+        publish(src, base, v, **extra)
+    store = open_store(str(tmp_path / "learn"))
+    learner = Learner("m", base, SimpleNamespace(gate_metric="log_loss", higher_is_better=False), store,
+                      LearnerOptions(keep_versions=2))
+    learner.parent = 3  # pretend version 3 is the one serving
+    learner._retire_old_versions()
+    store.close()
+    assert sorted(os.listdir(base), key=int) == ["2", "3", "5", "6"]

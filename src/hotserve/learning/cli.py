@@ -36,6 +36,9 @@ def add_commands(sub, flag, non_negative) -> None:
     flag(p, "epochs", type=non_negative(int), default=1, help="passes over each round's new examples (default 1)")
     flag(p, "poll_seconds", type=non_negative(float), default=0.1, metavar="S",
          help="how often to look for new examples (default 0.1)")
+    flag(p, "keep_versions", type=non_negative(int), default=20, metavar="N",
+         help="keep the newest N versions the learner published and remove older ones it made (default 20; 0 keeps "
+              "all); the serving version and versions published by others are never removed")
     flag(p, "duration", type=non_negative(float), default=None, metavar="S", help="stop after S seconds (default: run until stopped)")
     flag(p, "max_rounds", type=non_negative(int), default=None, metavar="N", help="stop after N rounds")
     flag(p, "log_level", default="info", choices=["debug", "info", "warning", "error"])
@@ -85,7 +88,8 @@ def _cmd_learn(args: argparse.Namespace) -> int:
         every_examples=max(1, args.every_examples), every_seconds=args.every_seconds,
         max_metric_drop=args.max_metric_drop, gate_metric=args.gate_metric, holdout_every=args.holdout_every,
         holdout_size=max(1, args.holdout_size), min_holdout=args.min_holdout, epochs=max(1, args.epochs),
-        poll_seconds=max(0.01, args.poll_seconds), trainer_spec=args.trainer)
+        poll_seconds=max(0.01, args.poll_seconds), trainer_spec=args.trainer,
+        keep_versions=args.keep_versions)
     learner = Learner(args.model_name, args.model_base_path, trainer, store, opts)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: learner.stop())

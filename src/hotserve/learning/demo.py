@@ -166,9 +166,11 @@ def stream(url: str, world: CTRWorld, duration: float, drift_at: float, rate: fl
     return tl
 
 
-def freshness(tl: Timeline, base: str) -> tuple[list[dict], list[float]]:
+def freshness(tl: Timeline, base: str) -> tuple[list[dict], list[float], list[float]]:
     """Per learned version: which feedback calls it is the first to include, and how long from
-    each call's 200 to the first prediction that version served."""
+    each call's 200 to the first prediction that version served. Also the same figures for the
+    calls after the first learned version served (steady state: the learner's start-up, its
+    first --min_holdout examples, is behind it)."""
     versions = []
     for name in sorted(os.listdir(base), key=lambda n: int(n) if n.isdigit() else -1):
         if not name.isdigit():
@@ -179,8 +181,9 @@ def freshness(tl: Timeline, base: str) -> tuple[list[dict], list[float]]:
             continue
         if lineage.get("source") == "learner":
             versions.append((int(name), lineage))
-    rows, all_values = [], []
+    rows, all_values, steady = [], [], []
     calls = sorted(tl.feedback_calls, key=lambda c: watermark_key(c[1]))
+    first_learned = min((tl.first_served[v] for v, _ in versions if v in tl.first_served), default=None)
     i = 0
     for version, lineage in versions:
         covered = []
@@ -191,6 +194,8 @@ def freshness(tl: Timeline, base: str) -> tuple[list[dict], list[float]]:
         served = tl.first_served.get(version)
         values = [served - c[0] for c in covered] if served is not None else []
         all_values += values
+        if served is not None and first_learned is not None:
+            steady += [served - c[0] for c in covered if c[0] >= first_learned]
         m = lineage.get("metrics", {})
         rows.append({"version": version, "examples": lineage.get("examples_used"), "calls": len(covered),
                      "served": served is not None,
@@ -198,7 +203,7 @@ def freshness(tl: Timeline, base: str) -> tuple[list[dict], list[float]]:
                      "max": max(values) if values else None,
                      "candidate": m.get("candidate", {}).get(m.get("gate_metric", "")),
                      "parent": m.get("parent", {}).get(m.get("gate_metric", ""))})
-    return rows, all_values
+    return rows, all_values, steady
 
 
 def windows(tl: Timeline, window: float) -> list[dict]:
@@ -253,7 +258,9 @@ def plot(rows: list[dict], fresh_rows: list[dict], drift_at: float, path: str) -
     axes[2].plot([str(r["version"]) for r in fr], [r["max"] for r in fr], "k.", label="max")
     axes[2].set_ylabel("freshness (s): feedback 200 -> served")
     axes[2].set_xlabel("learned version")
-    axes[2].tick_params(axis="x", labelsize=6)
+    step = max(1, len(fr) // 25)  # a readable number of version labels
+    axes[2].set_xticks(range(0, len(fr), step), [str(r["version"]) for r in fr][::step])
+    axes[2].tick_params(axis="x", labelsize=7)
     axes[2].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -295,7 +302,9 @@ def run(duration: float = 60.0, drift_at: float | None = None, rate: float = 40.
                os.path.join(workdir, "models", ON), "--learning_dir", learning_dir, "--trainer", TRAINER,
                "--trainer_option", f"module={MODULE}", "--trainer_option", "lr=0.02",
                "--every_examples", "400", "--every_seconds", "0.5", "--max_metric_drop", "0.01",
-               "--holdout_every", "10", "--holdout_size", "1000", "--min_holdout", "100", *(learner_args or [])]
+               "--holdout_every", "10", "--holdout_size", "1000", "--min_holdout", "100",
+               "--keep_versions", "0",  # the report reads every learned version's lineage
+               *(learner_args or [])]
         learner = subprocess.Popen(cmd, stdout=learner_log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while b"running" not in open(learner_log.name, "rb").read():
@@ -314,7 +323,7 @@ def run(duration: float = 60.0, drift_at: float | None = None, rate: float = 40.
         learner_log.close()
         server.stop()
     rows_w = windows(tl, window)
-    fresh_rows, fresh = freshness(tl, os.path.join(workdir, "models", ON))
+    fresh_rows, fresh, steady = freshness(tl, os.path.join(workdir, "models", ON))
     pre = [r for r in rows_w if r["t"] + window <= drift_at]
     post = [r for r in rows_w if r["t"] >= drift_at]
     summary = {
@@ -322,6 +331,7 @@ def run(duration: float = 60.0, drift_at: float | None = None, rate: float = 40.
         "feedback_calls": len(tl.feedback_calls), "impressions_labelled": len(tl.impressions),
         "versions_published": len(fresh_rows),
         "freshness_p50": _pct(fresh, 0.5), "freshness_p99": _pct(fresh, 0.99), "freshness_n": len(fresh),
+        "steady_p50": _pct(steady, 0.5), "steady_p99": _pct(steady, 0.99), "steady_n": len(steady),
         "auc_on_pre": pre[-1]["auc_on"] if pre else None, "auc_on_end": post[-1]["auc_on"] if post else None,
         "auc_off_end": post[-1]["auc_off"] if post else None, "windows": rows_w, "versions": fresh_rows,
         "status": status, "workdir": workdir,
@@ -346,6 +356,9 @@ def run(duration: float = 60.0, drift_at: float | None = None, rate: float = 40.
     if fp50 is not None:
         say(f"freshness (feedback 200 -> first prediction by a version trained on it) over {len(fresh)} calls: "
             f"p50 {fp50:.3f}s, p99 {fp99:.3f}s (target p50 <= 2s, p99 <= 5s)")
+    if summary["steady_p50"] is not None:
+        say(f"  after the first learned version served ({len(steady)} calls): p50 {summary['steady_p50']:.3f}s, "
+            f"p99 {summary['steady_p99']:.3f}s")
     if summary["auc_on_pre"] is not None and summary["auc_on_end"] is not None:
         gap = summary["auc_on_pre"] - summary["auc_on_end"]
         say(f"AUC before the drift {summary['auc_on_pre']:.4f}; at the end: learning on {summary['auc_on_end']:.4f} "

@@ -72,7 +72,7 @@ def _tensor(value: Any, spec: TensorSpec, where: str) -> np.ndarray:
             raw = np.asarray(value)
         except (ValueError, TypeError):
             raise InvalidArgument(f"{where}: not a rectangular array of numbers: {value!r:.80}") from None
-        if raw.dtype.kind not in "biuf" or raw.dtype == object:
+        if raw.dtype.kind not in "biuf":
             raise InvalidArgument(f"{where}: expected numbers of type {want.tf_name}, got {value!r:.80}")
         if raw.dtype.kind == "f" and want.numpy.kind in "iub" and not np.all(np.mod(raw, 1) == 0):
             raise InvalidArgument(f"{where}: expected whole numbers ({want.tf_name}), got {value!r:.80}")

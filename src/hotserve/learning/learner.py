@@ -40,6 +40,8 @@ from hotserve.repository.storage import StorageUnavailable, normalize_base_path,
 
 log = logging.getLogger("hotserve.learner")
 
+_HEARTBEAT_SECONDS = 5.0
+
 
 @dataclass
 class LearnerOptions:
@@ -54,6 +56,7 @@ class LearnerOptions:
     poll_seconds: float = 0.1
     read_limit: int = 20_000
     trainer_spec: str = ""
+    keep_versions: int = 20  # learner-made versions kept in the repository (0: all); never the serving one
 
 
 @dataclass
@@ -110,10 +113,14 @@ class Learner:
                  len(self.holdout))
         self._save_state()
 
-    def _newest_version(self) -> int | None:
-        versions = [v for v in list_version_numbers(self.storage, self.base_path)
-                    if self.storage.exists(self.storage.join(self.base_path, str(v), manifest.MANIFEST_NAME))]
-        return max(versions) if versions else None
+    def _newest_version(self, above: int | None = None) -> int | None:
+        """The newest complete (published) version, looking only above `above`."""
+        for v in reversed(list_version_numbers(self.storage, self.base_path)):
+            if above is not None and v <= above:
+                return None
+            if self.storage.exists(self.storage.join(self.base_path, str(v), manifest.MANIFEST_NAME)):
+                return v
+        return None
 
     def _version_dir(self, version: int) -> str:
         return self.storage.local_dir(self.storage.join(self.base_path, str(version)))
@@ -166,8 +173,8 @@ class Learner:
             else:
                 self.pending.append(ex)
             self.watermark = ex.watermark
-        if new and time.monotonic() - self._saved >= 1.0:
-            self._save_state()
+        if (new and time.monotonic() - self._saved >= 1.0) or time.monotonic() - self._saved >= _HEARTBEAT_SECONDS:
+            self._save_state()  # also a heartbeat: the status says whether the learner is alive
         due_count = len(self.pending) >= self.opts.every_examples
         due_time = (self.opts.every_seconds > 0 and self.pending
                     and time.monotonic() - self._last_round >= self.opts.every_seconds)
@@ -180,12 +187,12 @@ class Learner:
     def _follow_repository(self) -> None:
         """Someone else published a newer version (an operator, a batch pipeline): train on top of it."""
         try:
-            newest = self._newest_version()
+            newest = self._newest_version(above=self.parent)
         except StorageUnavailable as exc:
             log.warning("learner for model %s: repository unreadable (%s); keeping version %s", self.model, exc,
                         self.parent)
             return
-        if newest is not None and (self.parent is None or newest > self.parent):
+        if newest is not None:
             log.info("learner for model %s: version %d appeared in the repository; training on top of it",
                      self.model, newest)
             self._adopt(newest)
@@ -218,6 +225,7 @@ class Learner:
             result.seconds["export"] = export_s
             self.parent = result.version
             self.trained_watermark = result.watermark
+            self._retire_old_versions()
         result.seconds.update(evaluate=round(t_eval - t0, 4), train=round(t_train - t_eval, 4),
                               total=round(time.perf_counter() - t0, 4))
         self.examples_total += len(examples)
@@ -267,6 +275,27 @@ class Learner:
             raise PublishError("could not find a free version number after 5 tries")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _retire_old_versions(self) -> None:
+        """Keep the newest --keep_versions learner-made versions: a learner publishing every
+        second would otherwise fill the repository. Operator-published versions stay."""
+        keep = self.opts.keep_versions
+        if keep <= 0:
+            return
+        try:
+            versions = list_version_numbers(self.storage, self.base_path)
+            for v in versions[:-keep]:
+                path = self.storage.join(self.base_path, str(v))
+                if v == self.parent:
+                    continue
+                try:
+                    lineage = manifest.read(path, self.storage).get("lineage") or {}
+                except Exception:
+                    continue
+                if lineage.get("source") == "learner" and lineage.get("model", self.model) == self.model:
+                    self.storage.remove_tree(path)
+        except (OSError, StorageUnavailable) as exc:
+            log.warning("learner for model %s: could not retire old versions: %s", self.model, exc)
 
     # -- records -----------------------------------------------------------------------------
     def _record(self, r: RoundResult) -> None:

@@ -19,7 +19,7 @@ from hotserve.core.manager import Manager
 from hotserve.errors import Unavailable
 from hotserve.learning import feedback
 from hotserve.learning.prediction_log import PredictionLog
-from hotserve.learning.store import FeedbackStore
+from hotserve.learning.store import FeedbackStore, watermark_key
 from hotserve.observability import events, metrics
 from hotserve.repository import manifest
 from hotserve.runtimes.base import get_signature
@@ -30,6 +30,7 @@ _TAIL_SECONDS = 0.2
 _PRUNE_SECONDS = 60.0
 _FLUSH_SECONDS = 2.0  # a feedback call waits this long at most for the prediction log to catch up
 _FRESHNESS_KEEP = 200
+_LEARNER_HEARTBEAT_SECONDS = 5.0  # learner.py writes its state at least this often
 
 
 class LearningService:
@@ -126,7 +127,8 @@ class LearningService:
                 "parent_version": learner.get("parent_version"),
                 "last_candidate": learner.get("last_candidate"),
                 "last_seen_unix": learner.get("updated_unix"),
-                "alive": bool(learner) and now - learner.get("updated_unix", 0) < 3 * max(1.0, learner.get("poll_seconds", 1.0)) + 5,
+                # The learner writes its state at least every few seconds while it runs.
+                "alive": now - learner.get("updated_unix", 0) < 3 * _LEARNER_HEARTBEAT_SECONDS,
             } if learner else None,
             "freshness": {
                 "versions": fresh[-20:],
@@ -217,8 +219,6 @@ def _quantile(sorted_values: list[float], q: float) -> float | None:
 
 
 def _behind(last: str | None, learner: str | None) -> bool | None:
-    from hotserve.learning.store import watermark_key
-
     if last is None:
         return False
     return watermark_key(learner) < watermark_key(last)

@@ -18,6 +18,7 @@ several servers feeding one learner).
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
@@ -186,8 +187,6 @@ def parse_retention(text: str, label_window: str = "1h") -> Retention:
 def open_store(url: str, retention: Retention | None = None) -> FeedbackStore:
     """sqlite:///path/feedback.db, a plain path (a directory gets feedback.sqlite inside), or
     redis://host:port/db."""
-    import os
-
     retention = retention or Retention()
     if url.startswith(("redis://", "rediss://", "unix://")):
         from hotserve.learning.redis_store import RedisStore

@@ -44,7 +44,7 @@ class LearningRoutes:
 
     def _check(self, model: str, service) -> None:
         if not model or "/" in model:
-            raise NotFound(f"malformed path: expected /v1/models/<name>:feedback or /v1/models/<name>/learning")
+            raise NotFound("malformed path: expected /v1/models/<name>:feedback or /v1/models/<name>/learning")
         self.ctx.manager.get(model)  # 404 for an unknown model
         if service is None:
             raise HotserveError("continuous learning is off on this server: start it with --learning_dir DIR "
