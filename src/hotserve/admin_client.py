@@ -89,7 +89,34 @@ def _run(args, action: str, body: dict) -> int:
 
 def _show(args) -> int:
     _print_routing(call(args.url, _token(args), "GET", f"/v1/admin/models/{args.model}"))
+    try:  # continuous learning, when the server has a feedback store
+        learning = call(args.url, None, "GET", f"/v1/models/{args.model}/learning", timeout=10.0)
+    except SystemExit:
+        return 0
+    _print_learning(learning)
     return 0
+
+
+def _print_learning(s: dict) -> None:
+    ex, pl, fr, ln = s["examples"], s["prediction_log"], s["freshness"], s.get("learner")
+    print(f"  learning: store {s['store']}; prediction log sampling {pl['sampling_rate']:g}, "
+          f"{pl['logged_total']} logged, {pl['dropped_total']} dropped")
+    print(f"    examples: {ex['stored']} stored, {ex['joined_total']} joined to predictions, "
+          f"{ex['pending_predictions']} predictions awaiting a label; last watermark {ex['last_watermark']}")
+    if ln is None:
+        print("    learner: none has run against this store")
+    else:
+        cand = ln.get("last_candidate") or {}
+        print(f"    learner: watermark {ln['watermark']}, parent version {ln['parent_version']}, "
+              f"{'alive' if ln['alive'] else 'not seen recently'}")
+        if cand:
+            metrics = ", ".join(f"{k} {v:.4f}" for k, v in (cand.get("candidate_metrics") or {}).items()
+                                if isinstance(v, (int, float)))
+            what = f"version {cand['version']}" if cand.get("version") is not None else cand.get("reason", "")
+            print(f"    last candidate: {cand['outcome']} ({what}); {metrics}")
+    if fr["count"]:
+        print(f"    freshness (label stored -> served): p50 {fr['p50_seconds']:.2f}s, p99 {fr['p99_seconds']:.2f}s "
+              f"over {fr['count']} learned version(s)")
 
 
 def _label(args) -> int:

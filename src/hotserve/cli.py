@@ -151,6 +151,24 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
                "once (default 0; a few seconds for fleets)")
     _flag(p, "file_system_watch", type=_bool, default=True, metavar="BOOL",
           help="watch local model directories with inotify (default true); false leaves only polling")
+    _flag(p, "learning_dir", default=None, metavar="DIR",
+          help="turns on continuous learning with the embedded feedback store: DIR/feedback.sqlite (SQLite, WAL) "
+               "holds logged predictions and labelled examples; enables POST /v1/models/<m>:feedback and "
+               "GET /v1/models/<m>/learning (docs/learning.md)")
+    _flag(p, "feedback_store", default=None, metavar="URL",
+          help="a shared feedback store instead of --learning_dir: redis://host:port/db (Redis Streams, for several "
+               "servers and one learner) or sqlite:///path")
+    _flag(p, "feedback_retention", default="7d,1000000", metavar="AGE,COUNT",
+          help="keep labelled examples this long and at most this many per model (default 7d,1000000; 'none' keeps all)")
+    _flag(p, "feedback_label_window", default="1h", metavar="DURATION",
+          help="how late a label may come: predictions are kept this long for feedback to join (default 1h); a "
+               "label for an older prediction is answered as an unknown request id")
+    _flag(p, "prediction_log_sampling_rate", type=_non_negative(float), default=0.0, metavar="R",
+          help="with --model_name: share of predict requests written to the prediction log (0 to 1; default 0, off). "
+               "In a config file, per model: logging_config { sampling_config { sampling_rate: R } }")
+    _flag(p, "prediction_log_queue_size", type=_non_negative(int), default=10000, metavar="N",
+          help="records the prediction log may hold before its writer catches up; past that they are dropped and "
+               "counted, never the request (default 10000)")
     _flag(p, "log_level", default="info", choices=["debug", "info", "warning", "error"], help="default info")
     _flag(p, "log_format", default="text", choices=["text", "json"], help="text, or one JSON object per line")
 
@@ -209,7 +227,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if args.num_versions < 1:
             print(f"hotserve serve: --num_versions must be >= 1, got {args.num_versions}", file=sys.stderr)
             return 2
-        models = [ModelConfig(args.model_name, args.model_base_path, Latest(args.num_versions))]
+        if args.prediction_log_sampling_rate > 1:
+            print(f"hotserve serve: --prediction_log_sampling_rate is a share from 0 to 1, got "
+                  f"{args.prediction_log_sampling_rate}", file=sys.stderr)
+            return 2
+        models = [ModelConfig(args.model_name, args.model_base_path, Latest(args.num_versions),
+                              logging_sampling_rate=args.prediction_log_sampling_rate)]
     try:
         budget = parse_size(args.memory_budget) if args.memory_budget else None
     except ValueError as exc:
@@ -225,6 +248,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             batching = BatchingParameters()
     except BatchingConfigError as exc:
         print(f"hotserve serve: --batching_parameters_file: {exc}", file=sys.stderr)
+        return 2
+    from hotserve.learning.store import parse_retention
+
+    feedback_store = args.feedback_store or args.learning_dir
+    if args.feedback_store and args.learning_dir:
+        print("hotserve serve: give either --learning_dir or --feedback_store, not both", file=sys.stderr)
+        return 2
+    try:
+        retention = parse_retention(args.feedback_retention, args.feedback_label_window)
+    except ValueError as exc:
+        print(f"hotserve serve: --feedback_retention/--feedback_label_window: {exc}", file=sys.stderr)
         return 2
     setup_logging(args.log_level, args.log_format, args.worker_id)
     try:
@@ -278,6 +312,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                                    args.max_queued_requests, args.degraded_liveness_seconds),
         reuse_port=args.reuse_port,
         worker_id=args.worker_id,
+        feedback_store=feedback_store,
+        feedback_retention=retention,
+        prediction_log_queue=max(1, args.prediction_log_queue_size),
     )
     try:
         return run(opts)
@@ -348,6 +385,22 @@ def _cmd_versions(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.duration is None:
+        args.duration = 90.0 if args.learning else 20.0
+    if args.learning:
+        try:
+            from hotserve.learning.demo import run
+        except ImportError as exc:
+            print(f"hotserve demo --learning: {exc}", file=sys.stderr)
+            return 2
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            print("hotserve demo --learning trains a PyTorch model: pip install torch==2.13.0 (the CPU wheel)",
+                  file=sys.stderr)
+            return 2
+        summary = run(duration=args.duration, png=args.png, workdir=args.workdir)
+        return 0 if summary["failures"] == 0 else 1
     from hotserve.demo import run_demo
 
     return run_demo(args)
@@ -380,16 +433,23 @@ def build_parser() -> argparse.ArgumentParser:
     ver.set_defaults(func=_cmd_versions)
 
     demo = sub.add_parser("demo", help="hot-update demo: serve, publish a new version every few seconds under load, print a table")
-    _flag(demo, "duration", type=float, default=20.0, help="seconds of load (default 20)")
+    _flag(demo, "duration", type=float, default=None, help="seconds of load (default 20; 90 with --learning, drift at a third)")
     _flag(demo, "publish_interval", type=float, default=2.0, help="seconds between publishes (default 2)")
     _flag(demo, "concurrency", type=int, default=8, help="concurrent client connections (default 8)")
     _flag(demo, "rest_api_port", type=_port, default=0, help="port for the demo server (default: a free one)")
     _flag(demo, "workdir", default=None, help="model repository to use (default: a temporary directory)")
+    _flag(demo, "learning", action="store_true",
+          help="the continuous-learning demo instead: a CTR model with drift, learning on vs off (needs torch; "
+               "docs/learning.md)")
+    _flag(demo, "png", default="learning_demo.png", help="with --learning: where to write the plot (default learning_demo.png)")
     demo.set_defaults(func=_cmd_demo)
 
     from hotserve.admin_client import add_commands
 
     add_commands(sub)
+    from hotserve.learning.cli import add_commands as add_learning_commands
+
+    add_learning_commands(sub, _flag, _non_negative)
     return parser
 
 

@@ -57,6 +57,9 @@ class ModelConfig:
     # Admission control (None: the server's --max_concurrent_requests / --max_queued_requests).
     max_concurrent_requests: int | None = None
     max_queued_requests: int | None = None
+    # TF Serving's logging_config { sampling_config { sampling_rate } }: the share of predict
+    # requests written to the prediction log (0: off). Needs a feedback store on the server.
+    logging_sampling_rate: float = 0.0
 
 
 def _policy_from_proto(p) -> VersionPolicy:
@@ -82,6 +85,7 @@ def _from_proto(server_config) -> list[ModelConfig]:
             policy=_policy_from_proto(c.model_version_policy),
             labels={k: int(v) for k, v in c.version_labels.items()},
             platform=c.model_platform,
+            logging_sampling_rate=c.logging_config.sampling_config.sampling_rate if c.HasField("logging_config") else 0.0,
         )
         for c in server_config.model_config_list.config
     ]
@@ -106,7 +110,7 @@ def from_proto(server_config) -> list[ModelConfig]:
 
 
 _MODEL_KEYS = {"name", "base_path", "model_platform", "model_version_policy", "version_labels", "canary", "batching",
-               "max_concurrent_requests", "max_queued_requests"}
+               "max_concurrent_requests", "max_queued_requests", "logging_config"}
 
 
 def _limit(m: dict, key: str, where: str, minimum: int) -> int | None:
@@ -116,6 +120,19 @@ def _limit(m: dict, key: str, where: str, minimum: int) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{where}: {key} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def _sampling_rate_from_yaml(doc, where: str) -> float:
+    """logging_config: {sampling_config: {sampling_rate: 0.5}}, as the text proto spells it."""
+    if doc is None:
+        return 0.0
+    shape = f"{where}: logging_config must be {{sampling_config: {{sampling_rate: R}}}} with R from 0 to 1"
+    if not isinstance(doc, dict) or set(doc) != {"sampling_config"} or not isinstance(doc["sampling_config"], dict):
+        raise ConfigError(shape)
+    rate = doc["sampling_config"].get("sampling_rate", 0.0)
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool):
+        raise ConfigError(shape)
+    return float(rate)
 
 
 def _policy_from_yaml(p, where: str) -> VersionPolicy:
@@ -200,6 +217,7 @@ def parse_yaml(text: str) -> list[ModelConfig]:
             batching=batching,
             max_concurrent_requests=_limit(m, "max_concurrent_requests", where, 1),
             max_queued_requests=_limit(m, "max_queued_requests", where, 0),
+            logging_sampling_rate=_sampling_rate_from_yaml(m.get("logging_config"), where),
         ))
     return validate(out)
 
@@ -218,6 +236,9 @@ def validate(models: list[ModelConfig]) -> list[ModelConfig]:
             raise ConfigError(f"model {m.name!r} needs a base_path")
         if m.platform not in KNOWN_PLATFORMS:
             raise ConfigError(f"model {m.name!r}: model_platform {m.platform!r} unknown; expected one of {sorted(KNOWN_PLATFORMS - {''})}")
+        if not 0.0 <= m.logging_sampling_rate <= 1.0:
+            raise ConfigError(f"model {m.name!r}: logging_config sampling_rate is a share from 0 to 1, "
+                              f"got {m.logging_sampling_rate}")
         for label, version in m.labels.items():
             if not label or version < 0:
                 raise ConfigError(f"model {m.name!r}: label {label!r} -> {version} is not a label and a version number")

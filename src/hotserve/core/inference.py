@@ -8,6 +8,7 @@ the client's too; anything else a model raises is its own bug, INTERNAL (500), w
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Callable, Mapping
 
@@ -20,6 +21,16 @@ from hotserve.runtimes.base import DEFAULT_SIGNATURE, check_inputs, get_signatur
 # Exception class names runtimes use for "the input was wrong" rather than "the model broke"
 # (onnxruntime's InvalidArgument, TensorFlow's InvalidArgumentError).
 _CLIENT_FAULTS = {"InvalidArgument", "InvalidArgumentError"}
+
+# Where predict() leaves a request's decoded inputs and outputs for the frame's observers (the
+# prediction log): per thread, because a request runs start to finish in one thread.
+_capture = threading.local()
+
+
+def capture_into(target) -> None:
+    """Until called again with None, predict() in this thread sets target.inputs and
+    target.outputs (numpy, as the model saw them)."""
+    _capture.target = target
 
 
 def model_error(exc: Exception, model: str, version: int) -> HotserveError:
@@ -56,7 +67,11 @@ def predict(lv: LoadedVersion, inputs: Mapping[str, np.ndarray], signature_name:
             return lv.batcher.run(lv, inputs, name)
         return lv.servable.predict(inputs, name)
 
-    return _observed(lv, call)
+    out = _observed(lv, call)
+    target = getattr(_capture, "target", None)
+    if target is not None:
+        target.inputs, target.outputs = inputs, out
+    return out
 
 
 def run_examples(lv: LoadedVersion, method: str, examples: list[bytes], signature_name: str | None) -> dict[str, np.ndarray]:

@@ -397,6 +397,55 @@ class Notice(Event):
         return f"model {self.model}: {self.message}"
 
 
+@dataclass(frozen=True)
+class LearnerCandidate(Event):
+    """The learner trained a candidate and the gate decided: published as `version`, refused
+    (worse than the serving version by more than --max_metric_drop), or failed (an error)."""
+
+    kind: ClassVar[str] = "learner_candidate"
+    version: int | None = None  # the published version (None unless published)
+    parent: int | None = None  # the serving version it was compared with (None: first version)
+    outcome: str = ""  # published | refused | failed
+    metric: str = ""  # the gate metric
+    candidate_metrics: dict = field(default_factory=dict)
+    parent_metrics: dict = field(default_factory=dict)
+    max_metric_drop: float = 0.0
+    examples: int = 0
+    watermark: str = ""
+    reason: str = ""
+
+    @property
+    def level(self) -> int:  # type: ignore[override]
+        return logging.INFO if self.outcome == "published" else logging.WARNING
+
+    def summary(self) -> str:
+        cand = ", ".join(f"{k} {v:.4f}" for k, v in self.candidate_metrics.items() if isinstance(v, (int, float)))
+        par = ", ".join(f"{k} {v:.4f}" for k, v in self.parent_metrics.items() if isinstance(v, (int, float)))
+        against = f"serving version {self.parent} ({par})" if self.parent is not None else "no baseline (first version)"
+        if self.outcome == "published":
+            return (f"model {self.model}: learner published version {self.version} trained on {self.examples} new "
+                    f"example(s) up to watermark {self.watermark}: candidate ({cand}) vs {against}")
+        if self.outcome == "refused":
+            return (f"model {self.model}: learner gate REFUSED a candidate trained on {self.examples} example(s): "
+                    f"{self.metric} candidate ({cand}) vs {against}, max_metric_drop {self.max_metric_drop:g}: {self.reason}")
+        return f"model {self.model}: learner candidate failed: {self.reason}"
+
+
+@dataclass(frozen=True)
+class LearnedVersionServed(Event):
+    """A version the learner published is now the default: how fresh its newest label is."""
+
+    kind: ClassVar[str] = "learned_version_served"
+    version: int = -1
+    watermark: str = ""
+    freshness_seconds: float = 0.0  # newest label's arrival in the store -> this swap
+    oldest_label_seconds: float = 0.0  # the batch's oldest new label -> this swap
+
+    def summary(self) -> str:
+        return (f"model {self.model} version {self.version}: serving labels up to watermark {self.watermark}, "
+                f"{self.freshness_seconds:.3f}s after the newest arrived ({self.oldest_label_seconds:.3f}s after the oldest)")
+
+
 def subscribe_logging(bus: EventBus = BUS, logger: logging.Logger | None = None) -> Callable[[], None]:
     """Every event becomes one log line with a stable `event` field (and model, version)."""
     out = logger or logging.getLogger("hotserve.events")

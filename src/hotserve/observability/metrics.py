@@ -208,6 +208,26 @@ STORAGE_REQUESTS = REGISTRY.add(Counter(
 def count_storage_request(model: str, kind: str) -> None:
     STORAGE_REQUESTS.inc((model, kind))
 
+# Continuous learning (learning/): the prediction log, feedback, the learner's candidates.
+PREDICTION_LOG = REGISTRY.add(Counter(
+    "hotserve_prediction_log_records_total",
+    "Prediction log records by outcome: logged, dropped (queue full; the request is unaffected), failed (store error).",
+    ("model", "outcome")))
+PREDICTION_LOG_QUEUE = REGISTRY.add(Gauge("hotserve_prediction_log_queue_depth",
+                                          "Records waiting for the prediction log's writer thread."))
+FEEDBACK = REGISTRY.add(Counter(
+    "hotserve_feedback_items_total",
+    "Feedback items by outcome: joined (label joined to a logged prediction), example (posted with inputs), "
+    "unknown (no logged prediction within the label window), rejected (bad call, nothing stored).",
+    ("model", "outcome")))
+LEARNER_CANDIDATES = REGISTRY.add(Counter(
+    "hotserve_learner_candidates_total", "Learner candidates by gate outcome: published, refused, failed.",
+    ("model", "outcome")))
+LEARNING_FRESHNESS = REGISTRY.add(Histogram(
+    "hotserve_learning_freshness_seconds",
+    "From a label's arrival in the store to the swap that serves a version trained on it (newest label of each version).",
+    ("model",), (0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300)))
+
 
 PROCESS_RSS = REGISTRY.add(Gauge("hotserve_process_resident_memory_bytes",
                                  "RSS of the serving process that answered this scrape (one per worker).", ("worker",)))
@@ -283,6 +303,10 @@ def _on_event(record: events.Record) -> None:
         STORAGE_AVAILABLE.set((ev.model,), 1.0)
     elif isinstance(ev, events.ConfigReloaded):
         CONFIG_RELOADS.inc((ev.outcome,))
+    elif isinstance(ev, events.LearnerCandidate):
+        LEARNER_CANDIDATES.inc((ev.model, ev.outcome))
+    elif isinstance(ev, events.LearnedVersionServed):
+        LEARNING_FRESHNESS.observe((ev.model,), ev.freshness_seconds)
 
 
 def subscribe(bus: events.EventBus = events.BUS):

@@ -23,6 +23,7 @@ class ServerContext:
     timeout_seconds: float = 30.0  # --rest_api_timeout_in_ms
     reload_timeout_seconds: float = 60.0
     reload_config: Callable[[], dict] | None = None  # set when serving from --model_config_file
+    learning: Any = None  # learning.service.LearningService when a feedback store is configured
 
     async def blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a management call in the worker pool: each carries its own, longer bound (a

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Protocol, TypeVar
 
+from hotserve.core import inference
 from hotserve.core.loaded import LoadedVersion
 from hotserve.core.manager import Manager
 from hotserve.errors import Code, HotserveError
@@ -47,7 +49,10 @@ class Call:
     api: str = "predict"  # predict | classify | regress | infer | multi_inference
     entrypoint: str = "REST"  # REST | GRPC
     size: int = 0  # request bytes, for the inline decision
-    request_id: str | None = None
+    request_id: str | None = None  # X-Request-Id, V2's body id, gRPC x-request-id; or made here
+    # The decoded inputs and outputs of a predict/infer, left by core.inference for observers.
+    inputs: dict | None = None
+    outputs: dict | None = None
 
 
 @dataclass
@@ -56,6 +61,7 @@ class Done(Generic[R]):
     error: HotserveError | None
     version: str | None  # the bound version, also on errors raised after binding
     seconds: float = 0.0
+    request_id: str | None = None  # echoed in the answer (header, metadata)
 
 
 class Observer(Protocol):
@@ -109,6 +115,8 @@ class RequestFrame:
         self.executor = executor  # management calls; model requests run in their model's lane
         self.lanes = Lanes(admission or AdmissionOptions(), getattr(manager, "bus", BUS))
         self.observers: list[Observer] = []
+        # model -> whether requests without an id get one made here (prediction logging is on).
+        self.wants_id: Callable[[str], bool] | None = None
 
     def lane(self, model: str) -> Lane | None:
         mm = self.manager.models.get(model)
@@ -131,19 +139,26 @@ class RequestFrame:
         err: HotserveError | None = None
         try:
             prepared = prepare()
+            if call.request_id is None and self.wants_id is not None and self.wants_id(call.model):
+                call.request_id = f"{random.getrandbits(128):032x}"  # unique, not secret: no syscall
             lv = self.manager.acquire(call.model, call.version, call.label, call.key)
         except Exception as exc:
             err = _as_error(exc, None)
         else:
             if slot is not None:
                 slot.lv = lv
+            observers = self.observers
             try:
+                if observers:
+                    inference.capture_into(call)
                 value = execute(lv, prepared)
-                for observe in self.observers:
+                for observe in observers:
                     observe(call, lv, prepared, value)
             except Exception as exc:
                 err = _as_error(exc, lv)
             finally:
+                if observers:
+                    inference.capture_into(None)
                 lv.release()
         seconds = time.perf_counter() - t0
         version = lv.version_str if lv is not None else None
@@ -153,7 +168,7 @@ class RequestFrame:
                                    err.code.value if err else "OK", seconds)
         if slot is not None and slot.lane is not None:
             (slot.lane.returned if late else slot.lane.done)(seconds)
-        return Done(value, err, version, seconds)
+        return Done(value, err, version, seconds, call.request_id)
 
     async def run(self, call: Call, prepare: Callable[[], P], execute: Callable[[LoadedVersion, P], R],
                   timeout: float | None = None, timeout_flag: str = "") -> Done[R]:
@@ -170,7 +185,7 @@ class RequestFrame:
         except Rejected as exc:
             metrics.record_request(call.model, "", call.api, call.entrypoint, exc.code.value, 0.0)
             metrics.REJECTIONS.inc((call.model, "degraded" if exc.code is Code.UNAVAILABLE else "queue_full"))
-            return Done(None, exc, None)
+            return Done(None, exc, None, 0.0, call.request_id)
         loop = asyncio.get_running_loop()
         slot = _Slot(lane)
         future = loop.run_in_executor(lane.executor, self.run_sync, call, prepare, execute, slot)
@@ -185,4 +200,4 @@ class RequestFrame:
                                timeout)
         hint = f" ({timeout_flag})" if timeout_flag else ""
         return Done(None, HotserveError(f"request did not finish within {timeout:g}s{hint}", Code.DEADLINE_EXCEEDED),
-                    version, timeout)
+                    version, timeout, call.request_id)

@@ -18,6 +18,7 @@ log = logging.getLogger("hotserve.grpc")
 
 VERSION_METADATA = "x-model-version"
 KEY_METADATA = "x-request-key"
+ID_METADATA = "x-request-id"
 
 
 def metadata_of(context: grpc.aio.ServicerContext) -> dict[str, str]:
@@ -46,11 +47,14 @@ Planner = Callable[[Any, dict], tuple[Call, Callable[[], Any], Callable[[Any, An
 
 def framed(plan: Planner, req_cls, resp_cls, ctx: ServerContext) -> grpc.RpcMethodHandler:
     async def handler(request, context: grpc.aio.ServicerContext):
+        meta = metadata_of(context)
         try:
-            call, prepare, execute = plan(request, metadata_of(context))
+            call, prepare, execute = plan(request, meta)
         except HotserveError as exc:
             await context.abort(grpc.StatusCode[exc.code.value], exc.message)
             return
+        if meta.get(ID_METADATA):
+            call.request_id = meta[ID_METADATA]
         mm = ctx.manager.models.get(call.model)
         if mm is not None and mm.inline_ok:
             # ByteSize() walks the message (0.3 us at 3 KiB, 0.8 ms at 12 MiB): ask only when inline is possible.
@@ -61,6 +65,8 @@ def framed(plan: Planner, req_cls, resp_cls, ctx: ServerContext) -> grpc.RpcMeth
         timeout = min(remaining, ctx.timeout_seconds) if remaining is not None else ctx.timeout_seconds
         done = await ctx.frame.run(call, prepare, execute, timeout, "the call's deadline or --rest_api_timeout_in_ms")
         trailing = ((VERSION_METADATA, done.version),) if done.version else ()
+        if done.request_id is not None:
+            trailing += ((ID_METADATA, done.request_id),)
         if done.error is not None:
             retry = getattr(done.error, "retry_after", None)
             if retry is not None:

@@ -51,11 +51,14 @@ class InferenceService:
 
     @staticmethod
     def ModelInfer(req: pb.ModelInferRequest, meta: dict):
-        call = Call(req.model_name, *v2.version_field(req.model_version), meta.get(KEY_METADATA), "infer", "GRPC")
+        call = Call(req.model_name, *v2.version_field(req.model_version), meta.get(KEY_METADATA), "infer", "GRPC",
+                    request_id=req.id or None)
 
         def execute(lv, inputs):
             outputs = inference.predict(lv, inputs, None)
-            return codec.encode_infer(req.model_name, lv.version_str, req.id, outputs, [o.name for o in req.outputs])
+            # V2 echoes the body's id; without one, the id the server used (x-request-id, or made).
+            rid = req.id or call.request_id or ""
+            return codec.encode_infer(req.model_name, lv.version_str, rid, outputs, [o.name for o in req.outputs])
 
         return call, lambda: codec.decode_infer(req), execute
 

@@ -22,6 +22,7 @@ from hotserve.server.http import Request, Response
 from hotserve.server.reply import JSON, Reply, error_reply
 from hotserve.server.rest_tfserving import PREFIX as V1_PREFIX
 from hotserve.server.rest_tfserving import V1Routes
+from hotserve.server.rest_learning import LearningRoutes, is_learning_path
 from hotserve.server.rest_v2 import V2Routes
 
 log = logging.getLogger("hotserve.rest")
@@ -39,6 +40,7 @@ class RestApp:
         self.v1 = V1Routes(ctx)
         self.v2 = V2Routes(ctx)
         self.admin = AdminRoutes(ctx)
+        self.learning = LearningRoutes(ctx)
 
     async def __call__(self, request: Request) -> Response:
         try:
@@ -55,6 +57,8 @@ class RestApp:
 
     async def _dispatch(self, request: Request) -> Reply:
         path = request.path
+        if is_learning_path(path):
+            return await self.learning.dispatch(path, request)
         if path.startswith(V1_PREFIX):
             return await self.v1.dispatch(path[len(V1_PREFIX):], request)
         if path in _METRICS_PATHS:

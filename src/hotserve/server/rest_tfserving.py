@@ -9,11 +9,12 @@ from hotserve.protocols import tf_examples
 from hotserve.protocols import tfserving_rest as tfs
 from hotserve.runtimes.base import get_signature
 from hotserve.server.http import Request
-from hotserve.server.reply import Reply, error_reply
+from hotserve.server.reply import JSON, Reply, error_reply
 from hotserve.server.context import ServerContext
 from hotserve.server.frame import Call, Done
 
 KEY_HEADER = b"x-request-key"
+ID_HEADER = b"x-request-id"
 PREFIX = "/v1/models/"
 _VERBS = ("predict", "classify", "regress")
 
@@ -25,11 +26,16 @@ def parse_version(text: str) -> int:
 
 
 def reply_of(done: Done) -> Reply:
-    """A frame's outcome as a REST answer: the body, or the error; the version either way."""
+    """A frame's outcome as a REST answer: the body, or the error; the version either way,
+    and the request id when there is one."""
     if done.error is not None:
-        return error_reply(done.error, done.version)
-    body, headers = done.value
-    return Reply(200, body, done.version, headers)
+        reply = error_reply(done.error, done.version)
+    else:
+        body, headers = done.value
+        reply = Reply(200, body, done.version, headers)
+    if done.request_id is not None:
+        reply.headers = [*(reply.headers or [JSON]), (ID_HEADER, done.request_id.encode("latin-1", "replace"))]
+    return reply
 
 
 class V1Routes:
@@ -59,7 +65,8 @@ class V1Routes:
             if method != "POST":
                 raise MethodNotAllowed(f":{verb} takes POST, got {method}")
             body = request.body
-            call = Call(name, version, label, request.header(KEY_HEADER), verb, "REST", len(body))
+            call = Call(name, version, label, request.header(KEY_HEADER), verb, "REST", len(body),
+                        request.header(ID_HEADER))
             if verb == "predict":
                 prepare, execute = self._predict(body)
             else:

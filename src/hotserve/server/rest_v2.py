@@ -15,7 +15,7 @@ from hotserve.server.http import Request
 from hotserve.server.reply import Reply
 from hotserve.server.context import ServerContext
 from hotserve.server.frame import Call
-from hotserve.server.rest_tfserving import KEY_HEADER, reply_of
+from hotserve.server.rest_tfserving import ID_HEADER, KEY_HEADER, reply_of
 
 _OCTET = (b"content-type", b"application/octet-stream")
 
@@ -42,9 +42,10 @@ class V2Routes:
             if rest == ["infer"]:
                 self._method(method, "POST")
                 body = request.body
-                call = Call(name, *target, request.header(KEY_HEADER), "infer", "REST", len(body))
+                call = Call(name, *target, request.header(KEY_HEADER), "infer", "REST", len(body),
+                            request.header(ID_HEADER))
                 prepare, execute = self._infer(name, body, request.header(v2.BINARY_HEADER),
-                                               request.header(b"content-encoding"))
+                                               request.header(b"content-encoding"), call)
                 done = await self.ctx.frame.run(call, prepare, execute, self.ctx.timeout_seconds, "--rest_api_timeout_in_ms")
                 return reply_of(done)
             self._method(method, "GET")
@@ -90,15 +91,20 @@ class V2Routes:
             lv.release()
 
     @staticmethod
-    def _infer(name: str, body: bytes, hdr: str | None, enc: str | None):
+    def _infer(name: str, body: bytes, hdr: str | None, enc: str | None, call: Call):
         def prepare() -> v2.InferRequest:
             try:
                 header_len = int(hdr) if hdr is not None else None
             except ValueError:
                 raise InvalidArgument(f"Inference-Header-Content-Length must be an integer, got {hdr!r}") from None
-            return v2.decode_infer(limits.decompress(body, enc), header_len)
+            req = v2.decode_infer(limits.decompress(body, enc), header_len)
+            if call.request_id is None and isinstance(req.id, str) and req.id:
+                call.request_id = req.id  # V2's own request id names the request in the prediction log
+            return req
 
         def execute(lv, req: v2.InferRequest):
+            if req.id is None and call.request_id is not None:
+                req.id = call.request_id  # the answer's body carries the id the server used
             sig = get_signature(lv.servable, None)
             outputs = v2.select_outputs(inference.predict(lv, req.inputs, None), req.outputs, sig)
             payload, json_len = v2.encode_infer(name, lv.version_str, req, outputs)

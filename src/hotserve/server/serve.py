@@ -42,6 +42,10 @@ class ServeOptions:
     http_limits: Limits = field(default_factory=Limits)
     admission: AdmissionOptions = field(default_factory=AdmissionOptions)
     max_request_tensor_bytes: int = 256 << 20
+    # Continuous learning: a feedback store (--learning_dir's SQLite file, or --feedback_store).
+    feedback_store: str | None = None
+    feedback_retention: object | None = None  # learning.store.Retention
+    prediction_log_queue: int = 10_000
 
 
 def bind_socket(host: str, port: int, reuse_port: bool = False, listen: bool = True) -> socket.socket:
@@ -92,6 +96,7 @@ async def serve(opts: ServeOptions) -> None:
                                 opts.reload_timeout_seconds) if opts.config_file else None
     ctx = build_context(manager, executor, opts.admin_token, opts.rest_api_timeout_seconds,
                         opts.reload_timeout_seconds, watcher.reload_now if watcher else None, opts.admission)
+    learning = _start_learning(opts, manager, ctx)
     app = RestApp(ctx)
     metrics.WORKER = str(opts.worker_id or 0)
     rest = HttpServer(app, opts.http_limits, lambda status, message: tfserving_rest.encode_error(message),
@@ -123,9 +128,27 @@ async def serve(opts: ServeOptions) -> None:
         if watcher is not None:
             watcher.stop()
         await asyncio.gather(rest.stop(), grpc_server.stop())
+        if learning is not None:
+            await loop.run_in_executor(None, learning.stop)
         await loop.run_in_executor(None, manager.stop)
         executor.shutdown(wait=False, cancel_futures=True)
         ctx.frame.lanes.shutdown()
+
+
+def _start_learning(opts: ServeOptions, manager: Manager, ctx):
+    """The prediction log (a frame observer) and the feedback API, when a store is configured."""
+    if not opts.feedback_store:
+        return None
+    from hotserve.learning.service import LearningService
+    from hotserve.learning.stores import open_store
+
+    service = LearningService(manager, open_store(opts.feedback_store, opts.feedback_retention),
+                              queue_capacity=opts.prediction_log_queue).start()
+    ctx.learning = service
+    ctx.frame.observers.append(service.log)
+    ctx.frame.wants_id = service.log.wants_id
+    log.info("continuous learning on: feedback store %s", service.store.url)
+    return service
 
 
 def run(opts: ServeOptions) -> int:

@@ -1,0 +1,1 @@
+"""Continuous learning: prediction log, feedback store, learner, trainers (docs/learning.md)."""

@@ -1,0 +1,57 @@
+"""A small, safe binary codec for named numpy tensors (prediction inputs/outputs, labels).
+
+The feedback store keeps tensors as bytes; pickle would let anyone who can write to a shared
+store (Redis in a fleet) run code in the learner, so this is data only: a JSON header naming
+each tensor's dtype, shape and byte range, followed by the raw little-endian bytes. String
+tensors travel in the header as lists of text.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import orjson
+
+_MAGIC = b"HT1"
+
+
+def encode(tensors: dict[str, np.ndarray]) -> bytes:
+    header: dict[str, list] = {}
+    chunks: list[bytes] = []
+    offset = 0
+    for name, arr in tensors.items():
+        arr = np.asarray(arr)
+        if arr.dtype == object or arr.dtype.kind in "SU":
+            flat = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr.reshape(-1)]
+            header[name] = ["str", list(arr.shape), flat]
+            continue
+        raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+        header[name] = [arr.dtype.str.lstrip("<>|="), list(arr.shape), offset, len(raw)]
+        chunks.append(raw)
+        offset += len(raw)
+    head = orjson.dumps(header)
+    return _MAGIC + struct.pack("<I", len(head)) + head + b"".join(chunks)
+
+
+def decode(blob: bytes) -> dict[str, np.ndarray]:
+    if blob[:3] != _MAGIC:
+        raise ValueError("not a hotserve tensor record")
+    (n,) = struct.unpack_from("<I", blob, 3)
+    header = orjson.loads(blob[7:7 + n])
+    body = memoryview(blob)[7 + n:]
+    out: dict[str, np.ndarray] = {}
+    for name, spec in header.items():
+        if spec[0] == "str":
+            arr = np.empty(len(spec[2]), dtype=object)
+            arr[:] = [s.encode() for s in spec[2]]
+            out[name] = arr.reshape(spec[1])
+        else:
+            dtype = np.dtype(spec[0]).newbyteorder("<")
+            out[name] = np.frombuffer(body[spec[2]:spec[2] + spec[3]], dtype=dtype).reshape(spec[1]).copy()
+    return out
+
+
+def row(tensors: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
+    """Row i of every tensor (the batch dimension is the first)."""
+    return {k: v[i] for k, v in tensors.items()}

@@ -1,0 +1,158 @@
+"""One store test suite, run against both feedback stores: SQLite (WAL) and Redis Streams on
+a real redis-server the fixture starts and stops."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from hotserve.learning.stores import open_store
+from hotserve.learning.store import (Label, NewExample, Prediction, Retention, parse_retention,
+                                     watermark_key)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    pytest.importorskip("redis")
+    from redis_server import RedisServer
+
+    server = RedisServer(str(tmp_path_factory.mktemp("redis"))).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def make_store(request, tmp_path):
+    """make_store(retention) -> a fresh store of the parametrized kind (its own keys/file)."""
+    made = []
+
+    def make(retention: Retention | None = None):
+        if request.param == "sqlite":
+            store = open_store(str(tmp_path / "learning"), retention)
+        else:
+            import redis
+
+            url = request.getfixturevalue("redis_url")
+            redis.Redis.from_url(url).flushdb()
+            store = open_store(url, retention)
+        made.append(store)
+        return store
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def _pred(rid: str, x: float, t: float, model: str = "m", version: int = 1) -> Prediction:
+    return Prediction(rid, model, version, t, {"x": np.array([[x, x + 1]], np.float32)},
+                      {"p": np.array([[0.5]], np.float32)})
+
+
+def _label(rid: str, y: float, row: int = 0) -> Label:
+    return Label(rid, {"p": np.array([y], np.float32)}, 1.0, row)
+
+
+def test_join_labels_to_logged_predictions(make_store):
+    store = make_store()
+    now = time.time()
+    store.log_predictions([_pred("a", 1.0, now), _pred("b", 2.0, now), _pred("c", 3.0, now, model="other")])
+    res = store.add_feedback("m", [_label("a", 1.0), _label("zzz", 0.0), _label("c", 1.0)], [], now + 1)
+    assert res.accepted == 1
+    assert res.unknown_request_ids == ["zzz", "c"]  # c belongs to another model
+    (ex,) = store.examples_after("m", None, 10)
+    assert ex.request_id == "a" and ex.version == 1 and ex.watermark == res.watermark
+    np.testing.assert_array_equal(ex.inputs["x"], np.array([1.0, 2.0], np.float32))  # one row
+    np.testing.assert_array_equal(ex.label["p"], np.array([1.0], np.float32))
+    st = store.stats("m", now + 1)
+    assert (st.examples_stored, st.labels_joined_total, st.predictions_logged_total, st.predictions_pending) == (1, 1, 2, 1)
+    assert st.last_watermark == res.watermark
+
+
+def test_examples_after_watermark_in_order(make_store):
+    store = make_store()
+    marks = []
+    for i in range(5):
+        res = store.add_feedback("m", [], [NewExample({"x": np.array([i, i], np.float32)},
+                                                      {"p": np.array([i % 2], np.float32)}, 0.5)], time.time())
+        assert res.accepted == 1
+        marks.append(res.watermark)
+    assert sorted(marks, key=watermark_key) == marks
+    after = store.examples_after("m", marks[1], 100)
+    assert [e.watermark for e in after] == marks[2:]
+    assert [float(e.inputs["x"][0]) for e in after] == [2.0, 3.0, 4.0]
+    assert after[0].weight == 0.5 and after[0].request_id is None
+    assert [e.watermark for e in store.examples_after("m", None, 2)] == marks[:2]
+    assert [e.watermark for e in store.recent_examples("m", 2)] == marks[3:]
+    assert store.examples_after("m", marks[-1], 10) == []
+
+
+def test_retried_label_is_stored_once(make_store):
+    store = make_store()
+    now = time.time()
+    store.log_predictions([_pred("a", 1.0, now)])
+    assert store.add_feedback("m", [_label("a", 1.0)], [], now).accepted == 1
+    again = store.add_feedback("m", [_label("a", 1.0)], [], now)
+    assert again.accepted == 1 and again.unknown_request_ids == []
+    assert len(store.examples_after("m", None, 10)) == 1
+
+
+def test_label_too_late_is_unknown(make_store):
+    store = make_store(Retention(label_window_seconds=60))
+    now = time.time()
+    store.log_predictions([_pred("old", 1.0, now - 120), _pred("new", 1.0, now - 30)])
+    res = store.add_feedback("m", [_label("old", 1.0), _label("new", 0.0)], [], now)
+    assert res.accepted == 1 and res.unknown_request_ids == ["old"]
+
+
+def test_row_beyond_the_batch_is_unknown(make_store):
+    store = make_store()
+    now = time.time()
+    store.log_predictions([_pred("a", 1.0, now)])
+    assert store.add_feedback("m", [_label("a", 1.0, row=3)], [], now).unknown_request_ids == ["a"]
+
+
+def test_retention_by_count_and_age(make_store):
+    store = make_store(Retention(max_age_seconds=3600, max_count=3, label_window_seconds=60))
+    now = time.time()
+    for i in range(5):
+        store.add_feedback("m", [], [NewExample({"x": np.array([i], np.float32)}, {"p": np.array([0], np.float32)})], now)
+    store.log_predictions([_pred("stale", 1.0, now - 120)])
+    store.prune(now)
+    kept = store.examples_after("m", None, 100)
+    assert [float(e.inputs["x"][0]) for e in kept] == [2.0, 3.0, 4.0]
+    assert store.stats("m", now).predictions_pending == 0
+    store.prune(now + 7200)  # everything is now older than the age limit
+    assert store.examples_after("m", None, 100) == []
+
+
+def test_learner_state_and_records(make_store):
+    store = make_store()
+    assert store.learner_state("m") is None
+    store.set_learner_state("m", {"watermark": "7", "parent": 3})
+    assert store.learner_state("m") == {"watermark": "7", "parent": 3}
+    a = store.append_learner_record("m", {"outcome": "published", "version": 4})
+    b = store.append_learner_record("m", {"outcome": "refused"})
+    assert [d["outcome"] for _, d in store.learner_records("m", None)] == ["published", "refused"]
+    assert store.learner_records("m", a) == [(b, {"outcome": "refused"})]
+
+
+def test_string_inputs_round_trip(make_store):
+    store = make_store()
+    ex = NewExample({"q": np.array([b"hello", b"w\xc3\xb6rld"], dtype=object)}, {"p": np.array([1], np.int64)})
+    store.add_feedback("m", [], [ex], time.time())
+    (got,) = store.examples_after("m", None, 1)
+    assert list(got.inputs["q"]) == [b"hello", "wörld".encode()]
+    assert got.label["p"].dtype == np.int64
+
+
+def test_parse_retention():
+    r = parse_retention("7d,1000")
+    assert (r.max_age_seconds, r.max_count) == (7 * 86400, 1000)
+    assert parse_retention("none,50").max_age_seconds is None
+    assert parse_retention("12h").max_count == Retention.max_count
+    with pytest.raises(ValueError, match="label window"):
+        parse_retention("30m", label_window="1h")
+    with pytest.raises(ValueError, match="duration"):
+        parse_retention("7 days")

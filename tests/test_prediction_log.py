@@ -1,0 +1,87 @@
+"""The prediction log never blocks a request: a full queue drops and counts; the writer batches
+into the store; flush() waits for what was queued; config carries the sampling rate."""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from hotserve.core import config as cfg
+from hotserve.learning.prediction_log import PredictionLog
+from hotserve.observability import metrics
+
+
+class _SlowStore:
+    url = "memory://slow"
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.written: list = []
+
+    def log_predictions(self, records) -> None:
+        self.gate.wait(30)
+        self.written.extend(records)
+
+
+def _call(i: int, model: str = "plog"):
+    x = np.full((1, 2), i, np.float32)
+    return SimpleNamespace(model=model, request_id=f"r{i}", inputs={"x": x}, outputs={"y": x})
+
+
+def test_full_queue_drops_and_counts_without_blocking():
+    store = _SlowStore()
+    plog = PredictionLog(store, lambda m: 1.0, capacity=3).start()
+    lv = SimpleNamespace(version=1)
+    dropped0 = metrics.PREDICTION_LOG.value(("plog", "dropped"))
+    plog(_call(0), lv, None, None)  # taken by the writer, which then blocks in the store
+    plog._wake.set()
+    deadline = time.monotonic() + 10
+    while plog.depth and time.monotonic() < deadline:
+        time.sleep(0.01)
+    t0 = time.perf_counter()
+    for i in range(1, 11):
+        plog(_call(i), lv, None, None)
+    assert time.perf_counter() - t0 < 1.0  # ten observer calls against a stuck store: no waiting
+    assert metrics.PREDICTION_LOG.value(("plog", "dropped")) - dropped0 == 7  # 3 queued, 7 dropped
+    assert not plog.flush(0.05)  # the store is stuck: flush gives up at its bound
+    store.gate.set()
+    assert plog.flush(10)
+    assert [r.request_id for r in store.written] == ["r0", "r1", "r2", "r3"]
+    assert metrics.PREDICTION_LOG.value(("plog", "logged")) >= 4
+    plog.stop()
+
+
+def test_sampling_rate_and_calls_without_tensors():
+    store = _SlowStore()
+    store.gate.set()
+    rate = {"plog": 0.5}
+    plog = PredictionLog(store, lambda m: rate.get(m, 0.0)).start()
+    lv = SimpleNamespace(version=3)
+    for i in range(400):
+        plog(_call(i), lv, None, None)
+    plog(_call(0, model="other"), lv, None, None)  # logging off for that model
+    plog(SimpleNamespace(model="plog", request_id="c", inputs=None, outputs=None), lv, None, None)  # classify
+    assert plog.flush(10)
+    assert 120 < len(store.written) < 280 and {r.model for r in store.written} == {"plog"}
+    assert store.written[0].version == 3 and plog.wants_id("plog") and not plog.wants_id("other")
+    plog.stop()
+
+
+def test_logging_config_in_text_proto_and_yaml():
+    (m,) = cfg.parse_text_proto('model_config_list { config { name: "m" base_path: "/x" '
+                                "logging_config { sampling_config { sampling_rate: 0.25 } } } }")
+    assert m.logging_sampling_rate == 0.25
+    (m,) = cfg.parse_yaml("model_config_list:\n- name: m\n  base_path: /x\n"
+                          "  logging_config: {sampling_config: {sampling_rate: 1.0}}\n")
+    assert m.logging_sampling_rate == 1.0
+    (m,) = cfg.parse_yaml("model_config_list:\n- name: m\n  base_path: /x\n")
+    assert m.logging_sampling_rate == 0.0
+    with pytest.raises(cfg.ConfigError, match="from 0 to 1"):
+        cfg.parse_yaml("model_config_list:\n- name: m\n  base_path: /x\n"
+                       "  logging_config: {sampling_config: {sampling_rate: 2}}\n")
+    with pytest.raises(cfg.ConfigError, match="sampling_config"):
+        cfg.parse_yaml("model_config_list:\n- name: m\n  base_path: /x\n  logging_config: {rate: 1}\n")
