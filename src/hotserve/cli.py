@@ -110,6 +110,10 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
           help="with --inference_threading=auto, the median inference time under which a model runs inline (default 300)")
     _flag(p, "file_system_watch", type=_bool, default=True, metavar="BOOL",
           help="watch local model directories with inotify (default true); false leaves only polling")
+    _flag(p, "otel_exporter_otlp_endpoint", default=None, metavar="URL",
+          help="trace every model request with OpenTelemetry and export the spans over OTLP/HTTP to URL "
+               "(e.g. http://collector:4318); the standard OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT variables also turn it "
+               "on. Needs the otel extra: pip install 'hotserve[otel]'")
     _flag(p, "log_level", default="info", choices=["debug", "info", "warning", "error"], help="default info")
     _flag(p, "log_format", default="text", choices=["text", "json"], help="text, or one JSON object per line")
 
@@ -200,6 +204,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         rest_api_timeout_seconds=args.rest_api_timeout_in_ms / 1000.0,
         reuse_port=args.reuse_port,
         worker_id=args.worker_id,
+        otel_endpoint=args.otel_exporter_otlp_endpoint,
     )
     try:
         return run(opts)

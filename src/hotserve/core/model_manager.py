@@ -28,6 +28,7 @@ from hotserve.core.router import Route, RouteTable
 from hotserve.core.states import VersionBook, VersionState, VersionStatus
 from hotserve.errors import NotFound
 from hotserve.observability.events import BUS, EventBus, Notice, Retired, StorageOutage, Swapped
+from hotserve.repository.metered import metered
 from hotserve.repository.routing_store import FileRoutingStore, RoutingStore
 from hotserve.repository.scanner import Fingerprint, ScanResult, VersionInfo, VersionScanner
 from hotserve.repository.storage import normalize_base_path, storage_for
@@ -79,7 +80,7 @@ class ModelManager:
         self.base_path = normalize_base_path(config.base_path)
         self.options = options
         self.bus = bus
-        self.storage = storage_for(self.base_path)
+        self.storage = metered(storage_for(self.base_path))  # counted in hotserve_storage_requests_total
         self.route = Route(self.name)
         self.book = VersionBook(self.name, bus)
         self.intent = IntentKeeper(self.name, config, store or FileRoutingStore(self.storage, self.base_path), bus)

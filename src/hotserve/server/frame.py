@@ -26,7 +26,7 @@ from typing import Any, Callable, Generic, Protocol, TypeVar
 from hotserve.core.loaded import LoadedVersion
 from hotserve.core.manager import Manager
 from hotserve.errors import Code, HotserveError
-from hotserve.observability import metrics
+from hotserve.observability import metrics, tracing
 
 log = logging.getLogger("hotserve.frame")
 
@@ -46,6 +46,7 @@ class Call:
     entrypoint: str = "REST"  # REST | GRPC
     size: int = 0  # request bytes, for the inline decision
     request_id: str | None = None
+    trace_parent: Any = None  # the caller's trace context (only when tracing is on)
 
 
 @dataclass
@@ -105,6 +106,7 @@ class RequestFrame:
                  slot: "_Slot | None" = None) -> Done[R]:
         """The whole frame in the calling thread (a worker thread, or the loop when inline)."""
         t0 = time.perf_counter()
+        span = tracing.start(call) if tracing.ENABLED else None
         lv: LoadedVersion | None = None
         value = None
         err: HotserveError | None = None
@@ -129,6 +131,8 @@ class RequestFrame:
         if slot is None or not slot.answered():
             metrics.record_request(call.model, version or "", call.api, call.entrypoint,
                                    err.code.value if err else "OK", seconds)
+        if span is not None:
+            tracing.finish(span, lv, err.code.value if err else "OK")
         return Done(value, err, version, seconds)
 
     async def run(self, call: Call, prepare: Callable[[], P], execute: Callable[[LoadedVersion, P], R],
@@ -137,6 +141,8 @@ class RequestFrame:
         and the request is small (no thread hop), else in the worker pool. With a timeout,
         answer DEADLINE_EXCEEDED then (the work finishes in its thread; its handle is released
         there)."""
+        if tracing.ENABLED:
+            call.trace_parent = tracing.incoming()
         mm = self.manager.models.get(call.model)
         if mm is not None and mm.runs_inline(call.size):
             return self.run_sync(call, prepare, execute)

@@ -12,12 +12,14 @@ import logging
 import orjson
 
 from hotserve.errors import HotserveError, NotFound
-from hotserve.observability import metrics
+from hotserve.observability import metrics, tracing
 from hotserve.protocols import tfserving_rest as tfs
 from hotserve.server.admin import AdminRoutes
 from hotserve.server.asgi import JSON, Reply, error_reply
 from hotserve.server.context import ServerContext
+from hotserve.server.dashboard import DashboardRoutes
 from hotserve.server.events_api import events_reply
+from hotserve.server.instrument import worker_state
 from hotserve.server.rest_tfserving import PREFIX as V1_PREFIX
 from hotserve.server.rest_tfserving import V1Routes
 from hotserve.server.rest_v2 import V2Routes
@@ -36,6 +38,11 @@ class RestApp:
         self.v1 = V1Routes(ctx)
         self.v2 = V2Routes(ctx)
         self.admin = AdminRoutes(ctx)
+        self.dashboard = DashboardRoutes(lambda: worker_state(ctx.manager, ctx.worker), ctx.worker, ctx.peers)
+
+    def close(self) -> None:
+        """Shutdown: end the open dashboard streams so their connections can close."""
+        self.dashboard.close()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -43,13 +50,18 @@ class RestApp:
             return
         if scope["type"] != "http":
             return
+        if tracing.ENABLED:
+            tracing.set_incoming({k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
+                                  if k in (b"traceparent", b"tracestate")})
         try:
-            reply = await self._dispatch(scope, receive)
+            reply = await self._dispatch(scope, receive, send)
         except HotserveError as exc:
             reply = error_reply(exc)
         except Exception as exc:  # a bug must cost one request, never the worker
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             reply = Reply(500, tfs.encode_error(f"internal error: {type(exc).__name__}: {exc}"), code="INTERNAL")
+        if reply is None:  # streamed (the dashboard's live feed)
+            return
         headers = reply.headers or [JSON]
         headers.append((b"content-length", str(len(reply.body)).encode()))
         if reply.version is not None:
@@ -57,13 +69,16 @@ class RestApp:
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
 
-    async def _dispatch(self, scope, receive) -> Reply:
+    async def _dispatch(self, scope, receive, send) -> Reply | None:
         path: str = scope["path"]
         method: str = scope["method"]
         if path.startswith(V1_PREFIX):
             return await self.v1.dispatch(path[len(V1_PREFIX):], method, scope, receive)
         if path in _METRICS_PATHS:
-            return Reply(200, metrics.render(), headers=[(b"content-type", b"text/plain; version=0.0.4")])
+            body = await self.ctx.peers.render_metrics() if self.ctx.peers is not None else metrics.render()
+            return Reply(200, body, headers=[(b"content-type", b"text/plain; version=0.0.4")])
+        if path.startswith("/dashboard"):
+            return await self.dashboard.handle(scope, receive, send)
         if path.startswith("/v1/admin/"):
             return await self.admin.dispatch(path[len("/v1/admin/"):], method, scope, receive)
         if path == "/v1/events":
@@ -77,7 +92,7 @@ class RestApp:
         raise NotFound(
             f"no such endpoint: {method} {path}; the REST API serves /v1/models/<name>[/versions/<v>|/labels/<l>]"
             "[:predict|:classify|:regress|/metadata], /v2/... (KServe V2), /v1/admin/... (management), /healthz, /readyz,"
-            " /metrics"
+            " /metrics, /dashboard"
         )
 
     def _ready(self) -> Reply:

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from hotserve.core.config import ModelConfig
 from hotserve.core.config_watcher import ConfigFileWatcher
 from hotserve.core.manager import Manager, ManagerOptions
-from hotserve.observability import events, metrics
+from hotserve.observability import events, live, metrics, tracing
 from hotserve.protocols import tfserving_rest
 from hotserve.server.context import build_context
 from hotserve.server.grpc_server import GrpcServer
+from hotserve.server.instrument import instrument
+from hotserve.server.peers import PeerServer, from_env
 from hotserve.server.rest import RestApp
 
 log = logging.getLogger("hotserve.server")
@@ -38,6 +40,7 @@ class ServeOptions:
     config_poll_seconds: float = 0.0
     admin_token: str | None = None
     reload_timeout_seconds: float = 60.0
+    otel_endpoint: str | None = None  # --otel_exporter_otlp_endpoint (tracing also follows OTEL_* variables)
 
 
 def bind_socket(host: str, port: int, reuse_port: bool = False, listen: bool = True) -> socket.socket:
@@ -97,11 +100,16 @@ async def serve(opts: ServeOptions) -> None:
     if batch_sizes and not opts.rest_api_num_threads:
         # A request waits for its batch in a worker thread: enough threads to fill two batches.
         threads = max(threads, min(1024, 2 * max(batch_sizes)))
+    tracing.configure(opts.otel_endpoint, str(opts.worker_id) if opts.worker_id is not None else None)
     executor = ThreadPoolExecutor(threads, thread_name_prefix="rest")
     metrics.subscribe(events.BUS)
     events.subscribe_logging(events.BUS, logging.getLogger("hotserve.manager"))
     # warmup.json and golden.json hold TF Serving REST predict bodies: the REST decoder reads them.
     manager = Manager(opts.models, opts.manager, decoder=tfserving_rest)
+    worker = str(opts.worker_id) if opts.worker_id is not None else "0"
+    metrics.WORKER = str(opts.worker_id) if opts.worker_id is not None else ""
+    instrument(manager, executor, worker)
+    live.TICKER.start()
     loop = asyncio.get_running_loop()
     if opts.worker_id is not None:
         # A worker joins the shared port only once it can answer, so the kernel never routes a
@@ -118,12 +126,21 @@ async def serve(opts: ServeOptions) -> None:
                                 opts.reload_timeout_seconds) if opts.config_file else None
     ctx = build_context(manager, executor, opts.admin_token, opts.rest_api_timeout_seconds,
                         opts.reload_timeout_seconds, watcher.reload_now if watcher else None)
+    ctx.worker, ctx.peers = worker, from_env(opts.worker_id)
     app = RestApp(ctx)
-    metrics.WORKER = str(opts.worker_id or 0)
     rest = _Uvicorn(app, sock)
+
+    def stop() -> None:
+        app.close()
+        rest.stop()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, rest.stop)
+            loop.add_signal_handler(sig, stop)
+    peer_server = None
+    if ctx.peers is not None:
+        peer_server = PeerServer(ctx.peers.directory, worker, app.dashboard.state, app.dashboard.feed)
+        await peer_server.start()
     grpc_server = GrpcServer(ctx, opts.host, opts.grpc_port, reuse_port=opts.reuse_port)
     try:
         grpc_port = await grpc_server.start()
@@ -143,11 +160,15 @@ async def serve(opts: ServeOptions) -> None:
         await rest.serve()
     finally:
         log.info("shutting down: draining in-flight requests and unloading models")
+        app.close()
+        if peer_server is not None:
+            await peer_server.stop()
         if watcher is not None:
             watcher.stop()
         await grpc_server.stop()
         await loop.run_in_executor(None, manager.stop)
         executor.shutdown(wait=False, cancel_futures=True)
+        await loop.run_in_executor(None, tracing.shutdown)
 
 
 def run(opts: ServeOptions) -> int:
