@@ -6,7 +6,9 @@ prometheus_client (in-process and multiprocess mode), measured in the same run.
 
 Rows (ns per request, median of --repeats runs of --n calls each, one thread):
 - hotserve record_request: what the request frame calls once per request (count + latency
-  histogram per model and version, plus the dashboard's per-second window).
+  histogram per model and version with TF Serving's 33 buckets, plus the dashboard's
+  per-second window).
+- ... as before (dddc537): count + the old 13-bucket histogram, no window: the same-run baseline.
 - hotserve frame: RequestFrame.run_sync around a no-op model (bind, execute, release, record),
   i.e. the whole per-request overhead of the frame with metrics (and tracing off).
 - prometheus_client: the same two samples (Counter.labels().inc(), Histogram.labels().observe())
@@ -52,7 +54,19 @@ def bench_hotserve(n: int, repeats: int) -> dict:
     def one():
         metrics.record_request("mlp", "3", "predict", "REST", "OK", 0.000731)
 
-    return {"hotserve record_request": _timeit(one, n, repeats), **bench_frame(n, repeats)}
+    # What record_request did before the dashboard's window and TF Serving's buckets (commit
+    # dddc537): the same two samples with the old 13 latency buckets, for a same-run comparison.
+    count = metrics.Counter("before_count", "", ("model_name", "model_version", "API", "entrypoint", "status"))
+    latency = metrics.Histogram("before_latency", "", ("model_name", "model_version", "API", "entrypoint"),
+                                (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+                                 1_000_000, 5_000_000))
+
+    def before():
+        count.inc(LABELS)
+        latency.observe(LABELS[:4], 731.0)
+
+    return {"hotserve record_request": _timeit(one, n, repeats),
+            "hotserve record_request as before (dddc537)": _timeit(before, n, repeats), **bench_frame(n, repeats)}
 
 
 def bench_frame(n: int, repeats: int) -> dict:
