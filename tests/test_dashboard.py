@@ -6,6 +6,8 @@ whole server. Screenshots are saved as test artifacts (tmp dir) for a person to 
 import hashlib
 import os
 import re
+import threading
+import time
 
 import httpx
 import pytest
@@ -98,8 +100,12 @@ def test_dashboard_shows_every_worker(repo, start_server, tmp_path):
     base, build = repo
     affine_version(base, 1, build)
     server = start_server(base, "--num_workers", "2", "--admin_token", TOKEN)
-    state = httpx.get(server.url + "/dashboard/state", timeout=10).json()
-    assert sorted(w["worker"] for w in state["workers"]) == ["0", "1"]
+
+    def workers() -> list[str]:
+        return sorted(w["worker"] for w in httpx.get(server.url + "/dashboard/state", timeout=10).json()["workers"])
+
+    # Any worker answers for both, once the second one is up (it may still be starting).
+    wait_for(lambda: workers() == ["0", "1"], 20, "both workers in the dashboard's state")
     shots = Shots(tmp_path / "screenshots")
     with chromium_page(tmp_path / "profile") as page, LoadClients(server.url, n=4, max_seconds=60) as load:
         page.goto(server.url + "/dashboard")
@@ -159,3 +165,19 @@ def test_dashboard_http_endpoints(repo, start_server):
                 if requests >= 5 and seen["state"] and seen["event"]:
                     break
     assert seen["state"] >= 1 and seen["event"] >= 5 and requests == 5
+    # A page left open does not hold up a shutdown: the stream ends, the server exits cleanly.
+    opened = threading.Event()
+
+    def watch():
+        with httpx.stream("GET", server.url + "/dashboard/stream", timeout=30) as r:
+            for _ in r.iter_lines():
+                opened.set()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    assert opened.wait(10)
+    t0 = time.monotonic()
+    assert server.stop() == 0
+    assert time.monotonic() - t0 < 10
+    watcher.join(10)
+    assert not watcher.is_alive()

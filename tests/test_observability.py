@@ -83,7 +83,9 @@ def test_the_listed_metrics_on_a_real_server(repo, start_server):
         for _ in range(3):
             assert c.post(server.url + "/v1/models/m:predict", json=X).status_code == 200
     affine_version(base, 2, build)
-    wait_for(lambda: b'hotserve_default_version{model="m"} 2' in server.get("/metrics")[1], 20, "version 2 to serve")
+    # Version 1 is unloaded after it drained, a moment after the swap: wait on that event.
+    r = httpx.get(server.url + "/v1/events", params={"kind": "unloaded", "wait": 20}, timeout=30).json()
+    assert [e["version"] for e in r["events"]] == [1]
     text = server.get("/metrics")[1].decode()
     _check_exposition(text)
     # TF Serving's names and buckets (10 us x 1.8^i), per model and version.

@@ -44,6 +44,8 @@ STATE_EVERY = 5.0
 # A second's tick is merged once every worker sent it, or this long after the first did.
 TICK_MERGE_WAIT = 1.5
 HEARTBEAT = 15.0
+# How often a stream looks for siblings it does not follow yet (a restarted worker).
+SIBLING_LOOK = 3.0
 QUEUE_LIMIT = 2000
 
 
@@ -237,15 +239,26 @@ class DashboardRoutes:
                 pass
 
         tasks.append(asyncio.create_task(pump(self.feed(after))))
-        if self.peers is not None:
+        followed: dict[str, asyncio.Task] = {}
+
+        def follow_siblings() -> None:
+            # A sibling that (re)started since gets followed too: the page keeps covering every worker.
             for _, path in self.peers.siblings():
-                tasks.append(asyncio.create_task(pump(self.peers.stream(path, after))))
+                if path not in followed or followed[path].done():
+                    followed[path] = asyncio.create_task(pump(self.peers.stream(path, after)))
+                    tasks.append(followed[path])
+
         gone = asyncio.create_task(disconnected())
         closing = asyncio.create_task(self.closing.wait())
         merger = TickMerger()
         loop = asyncio.get_running_loop()
+        next_look = 0.0
         try:
             while not gone.done() and not closing.done():
+                if self.peers is not None and loop.time() >= next_look:
+                    follow_siblings()
+                    next_look = loop.time() + SIBLING_LOOK
+
                 getter = asyncio.create_task(merged.get())
                 done, _ = await asyncio.wait({getter, gone, closing}, timeout=min(HEARTBEAT, TICK_MERGE_WAIT),
                                              return_when=asyncio.FIRST_COMPLETED)

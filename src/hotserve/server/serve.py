@@ -18,7 +18,8 @@ from hotserve.observability import events, live, metrics, tracing
 from hotserve.protocols import tfserving_rest
 from hotserve.server.context import build_context
 from hotserve.server.grpc_server import GrpcServer
-from hotserve.server.instrument import instrument
+from hotserve.server.dashboard import local_feed
+from hotserve.server.instrument import instrument, worker_state
 from hotserve.server.peers import PeerServer, from_env
 from hotserve.server.rest import RestApp
 
@@ -111,6 +112,15 @@ async def serve(opts: ServeOptions) -> None:
     instrument(manager, executor, worker)
     live.TICKER.start()
     loop = asyncio.get_running_loop()
+    peers = from_env(opts.worker_id)
+    peer_server = None
+    if peers is not None:
+        # Siblings see this worker (loading, too) on their metrics and dashboards from now on.
+        peer_closing = asyncio.Event()
+        peer_server = PeerServer(peers.directory, worker, lambda: worker_state(manager, worker),
+                                 lambda after: local_feed(lambda: worker_state(manager, worker), worker, after,
+                                                          closing=peer_closing))
+        await peer_server.start()
     if opts.worker_id is not None:
         # A worker joins the shared port only once it can answer, so the kernel never routes a
         # connection to a worker still loading its models.
@@ -126,7 +136,7 @@ async def serve(opts: ServeOptions) -> None:
                                 opts.reload_timeout_seconds) if opts.config_file else None
     ctx = build_context(manager, executor, opts.admin_token, opts.rest_api_timeout_seconds,
                         opts.reload_timeout_seconds, watcher.reload_now if watcher else None)
-    ctx.worker, ctx.peers = worker, from_env(opts.worker_id)
+    ctx.worker, ctx.peers = worker, peers
     app = RestApp(ctx)
     rest = _Uvicorn(app, sock)
 
@@ -137,10 +147,6 @@ async def serve(opts: ServeOptions) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop)
-    peer_server = None
-    if ctx.peers is not None:
-        peer_server = PeerServer(ctx.peers.directory, worker, app.dashboard.state, app.dashboard.feed)
-        await peer_server.start()
     grpc_server = GrpcServer(ctx, opts.host, opts.grpc_port, reuse_port=opts.reuse_port)
     try:
         grpc_port = await grpc_server.start()
@@ -162,6 +168,7 @@ async def serve(opts: ServeOptions) -> None:
         log.info("shutting down: draining in-flight requests and unloading models")
         app.close()
         if peer_server is not None:
+            peer_closing.set()
             await peer_server.stop()
         if watcher is not None:
             watcher.stop()
