@@ -48,6 +48,9 @@ def test_a_crashed_worker_is_restarted(repo, start_server):
     base, build = repo
     affine_version(base, 1, build)
     server = start_server(base, "--num_workers", "2")
+    # /readyz answered by one worker says nothing of the other: kill worker 1 only once it loaded,
+    # or the "loaded twice" count below can never be reached.
+    wait_for(lambda: _all_available(server, 1), 20, "both workers to load version 1")
     victim = _worker_pids(server)[1]
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: len(re.findall(r"worker 1 started", server.log())) == 2, 20, "worker 1 to be restarted")

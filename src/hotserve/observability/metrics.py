@@ -2,8 +2,8 @@
 
 Our own registry rather than prometheus_client: the request path records two samples per
 request, and a dict update under one uncontended lock is the cheapest way to do that
-(bench/metrics_cost.py: ~1.1 us per request here, prometheus_client 4.4 us in-process and 6.6 us
-in its multiprocess mode). Names follow TF Serving's (`:tensorflow:serving:request_count`,
+(bench/metrics_cost.py: prometheus_client costs 2-5x as much per request in-process and 3-9x
+in its multiprocess mode; docs/observability.md has the figures). Names follow TF Serving's (`:tensorflow:serving:request_count`,
 `:tensorflow:serving:request_latency` with its buckets, `:tensorflow:cc:saved_model:load_latency`)
 where one exists, so existing dashboards keep working; hotserve's own are prefixed `hotserve_`.
 
