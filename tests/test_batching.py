@@ -116,9 +116,11 @@ def test_full_queue_answers_unavailable_at_once(tmp_path):
     queued.start()
     time.sleep(0.3)  # B waits in the queue: it is full
     t0 = time.monotonic()
+    rejected = metrics.LIMIT_REJECTIONS.value(("full", "max_enqueued_batches"))
     with pytest.raises(Unavailable, match="batch queue is full"):
         batcher.run(lv, {"x": np.ones((1, 2), np.float32)}, "serving_default")
     assert time.monotonic() - t0 < 1.0  # refused at once, not after waiting
+    assert metrics.LIMIT_REJECTIONS.value(("full", "max_enqueued_batches")) == rejected + 1
     gate.write_text("")
     running.join(10)
     queued.join(10)

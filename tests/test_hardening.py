@@ -280,7 +280,7 @@ def test_slow_and_idle_connections_are_closed(repo, start_server):
             s.close()
     assert httpx.post(server.url + "/v1/models/m:predict", json=X, timeout=10).status_code == 200
     metrics = httpx.get(server.url + "/metrics").text
-    assert 'hotserve_rejections_total{model="",reason="read_timeout"}' in metrics
+    assert 'hotserve_limit_rejections_total{model="",limit="read_timeout"}' in metrics
 
 
 def _closed(s: socket.socket) -> bool:

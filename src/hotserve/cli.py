@@ -169,6 +169,10 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "prediction_log_queue_size", type=_non_negative(int), default=10000, metavar="N",
           help="records the prediction log may hold before its writer catches up; past that they are dropped and "
                "counted, never the request (default 10000)")
+    _flag(p, "otel_exporter_otlp_endpoint", default=None, metavar="URL",
+          help="trace every model request with OpenTelemetry and export the spans over OTLP/HTTP to URL "
+               "(e.g. http://collector:4318); the standard OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT variables also turn it "
+               "on. Needs the otel extra: pip install 'hotserve[otel]'")
     _flag(p, "log_level", default="info", choices=["debug", "info", "warning", "error"], help="default info")
     _flag(p, "log_format", default="text", choices=["text", "json"], help="text, or one JSON object per line")
 
@@ -315,6 +319,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         feedback_store=feedback_store,
         feedback_retention=retention,
         prediction_log_queue=max(1, args.prediction_log_queue_size),
+        otel_endpoint=args.otel_exporter_otlp_endpoint,
     )
     try:
         return run(opts)

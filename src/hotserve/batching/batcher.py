@@ -20,17 +20,18 @@ import numpy as np
 
 from hotserve.batching.parameters import BatchingParameters
 from hotserve.errors import Code, HotserveError, Unavailable
-from hotserve.observability import metrics
+from hotserve.observability import metrics, tracing
 
 log = logging.getLogger("hotserve.batching")
 
 
 class _Task:
-    __slots__ = ("inputs", "rows", "done", "result", "error")
+    __slots__ = ("inputs", "rows", "done", "result", "error", "batch_rows")
 
     def __init__(self, inputs: Mapping[str, np.ndarray], rows: int) -> None:
         self.inputs = inputs
         self.rows = rows
+        self.batch_rows = rows  # rows of the batch it ran in (a span attribute when tracing)
         self.done = threading.Event()
         self.result: dict[str, np.ndarray] | None = None
         self.error: BaseException | None = None
@@ -70,6 +71,10 @@ class Batcher:
         for t in self._threads:
             t.join(timeout=30)
 
+    def depth(self) -> int:
+        """Batches waiting for a batch thread, open and closed (a gauge read at scrape time)."""
+        return len(self._ready) + len(self._open)
+
     # -- request side -----------------------------------------------------------------------
     def run(self, lv, inputs: Mapping[str, np.ndarray], signature: str) -> dict[str, np.ndarray]:
         """Run `inputs` (already checked against the signature) as part of a batch; blocks."""
@@ -87,6 +92,7 @@ class Batcher:
                 batch = None
             if batch is None:
                 if len(self._ready) + len(self._open) >= self.params.max_enqueued_batches:
+                    metrics.limit_rejected(self.model, "max_enqueued_batches")
                     raise Unavailable(
                         f"model {self.model!r}: batch queue is full ({self.params.max_enqueued_batches} batches waiting, "
                         "max_enqueued_batches); the server is overloaded, retry later")
@@ -97,6 +103,8 @@ class Batcher:
                 self._ready.append(self._open.pop(key))
             self._cv.notify()
         task.done.wait()
+        if tracing.ENABLED:
+            tracing.note_batch(task.batch_rows)
         if task.error is not None:
             raise task.error
         return task.result
@@ -148,6 +156,7 @@ class Batcher:
             for task in tasks:
                 task.result, task.error = None, exc
         for task in tasks:
+            task.batch_rows = batch.rows
             task.done.set()
 
     def _merge(self, tasks: list[_Task]) -> tuple[dict[str, np.ndarray], int]:

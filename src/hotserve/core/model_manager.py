@@ -31,6 +31,7 @@ from hotserve.core.states import VersionBook, VersionState, VersionStatus
 from hotserve.errors import Code, NotFound
 from hotserve.observability import metrics
 from hotserve.observability.events import BUS, EventBus, Notice, Retired, StorageOutage, Swapped
+from hotserve.repository.metered import metered
 from hotserve.repository.routing_store import FileRoutingStore, RoutingStore
 from hotserve.repository.scanner import Fingerprint, ScanResult, VersionInfo, VersionScanner
 from hotserve.repository.storage import normalize_base_path, storage_for
@@ -90,10 +91,11 @@ class ModelManager:
         self.base_path = normalize_base_path(config.base_path)
         self.options = options
         self.bus = bus
-        self.storage = storage_for(self.base_path)
-        if not self.storage.local:
+        storage = storage_for(self.base_path)
+        if not storage.local:
             # Every request to a remote store is counted per model: the bill, visible.
-            self.storage.on_request = lambda kind, model=self.name: metrics.count_storage_request(model, kind)
+            storage.on_request = lambda kind, model=self.name: metrics.count_storage_request(model, kind)
+        self.storage = metered(storage)  # every operation counted and timed, any store
         self.scanner = VersionScanner(self.storage, self.base_path, options.settle_seconds, self.name)
         self.route = Route(self.name)
         self.book = VersionBook(self.name, bus)

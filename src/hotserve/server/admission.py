@@ -137,6 +137,9 @@ class Lanes:
                     self._lanes[model] = lane
         return lane
 
+    def items(self) -> list[tuple[str, Lane]]:
+        return list(self._lanes.items())
+
     def degraded(self) -> dict[str, str]:
         return {name: f"{lane.abandoned} call(s) hung since {time.monotonic() - lane.degraded_since:.0f}s ago"
                 for name, lane in list(self._lanes.items()) if lane.degraded_since is not None}

@@ -24,6 +24,8 @@ class ServerContext:
     reload_timeout_seconds: float = 60.0
     reload_config: Callable[[], dict] | None = None  # set when serving from --model_config_file
     learning: Any = None  # learning.service.LearningService when a feedback store is configured
+    worker: str = "0"  # this process's worker id (--num_workers), for the dashboard
+    peers: Any = None  # server.peers.Peers with --num_workers: the siblings a scrape or the dashboard asks
 
     async def blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a management call in the worker pool: each carries its own, longer bound (a

@@ -28,7 +28,7 @@ from hotserve.core import inference
 from hotserve.core.loaded import LoadedVersion
 from hotserve.core.manager import Manager
 from hotserve.errors import Code, HotserveError
-from hotserve.observability import metrics
+from hotserve.observability import metrics, tracing
 from hotserve.observability.events import BUS
 from hotserve.server.admission import AdmissionOptions, Lane, Lanes, Rejected
 
@@ -53,6 +53,7 @@ class Call:
     # The decoded inputs and outputs of a predict/infer, left by core.inference for observers.
     inputs: dict | None = None
     outputs: dict | None = None
+    trace_parent: Any = None  # the caller's trace context (only when tracing is on)
 
 
 @dataclass
@@ -134,6 +135,7 @@ class RequestFrame:
         if slot is not None and not slot.started():
             slot.lane.returned(0.0)  # gave up on while queued: do not run it at all
             return Done(None, None, None)
+        span = tracing.start(call) if tracing.ENABLED else None
         lv: LoadedVersion | None = None
         value = None
         err: HotserveError | None = None
@@ -168,6 +170,8 @@ class RequestFrame:
                                    err.code.value if err else "OK", seconds)
         if slot is not None and slot.lane is not None:
             (slot.lane.returned if late else slot.lane.done)(seconds)
+        if span is not None:
+            tracing.finish(span, lv, err.code.value if err else "OK")
         return Done(value, err, version, seconds, call.request_id)
 
     async def run(self, call: Call, prepare: Callable[[], P], execute: Callable[[LoadedVersion, P], R],
@@ -176,6 +180,8 @@ class RequestFrame:
         and the request is small (no thread hop), else in the worker pool. With a timeout,
         answer DEADLINE_EXCEEDED then (the work finishes in its thread; its handle is released
         there)."""
+        if tracing.ENABLED:
+            call.trace_parent = tracing.incoming()
         mm = self.manager.models.get(call.model)
         if mm is None or mm.runs_inline(call.size):
             return self.run_sync(call, prepare, execute)  # unknown model (a cheap 404) or a measured-cheap one
@@ -184,7 +190,7 @@ class RequestFrame:
             lane.admit(timeout)
         except Rejected as exc:
             metrics.record_request(call.model, "", call.api, call.entrypoint, exc.code.value, 0.0)
-            metrics.REJECTIONS.inc((call.model, "degraded" if exc.code is Code.UNAVAILABLE else "queue_full"))
+            metrics.limit_rejected(call.model, "degraded" if exc.code is Code.UNAVAILABLE else "max_queued_requests")
             return Done(None, exc, None, 0.0, call.request_id)
         loop = asyncio.get_running_loop()
         slot = _Slot(lane)

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import grpc
 
 from hotserve.errors import HotserveError
+from hotserve.observability import tracing
 from hotserve.server.context import ServerContext
 from hotserve.server.frame import Call
 
@@ -48,6 +49,8 @@ Planner = Callable[[Any, dict], tuple[Call, Callable[[], Any], Callable[[Any, An
 def framed(plan: Planner, req_cls, resp_cls, ctx: ServerContext) -> grpc.RpcMethodHandler:
     async def handler(request, context: grpc.aio.ServicerContext):
         meta = metadata_of(context)
+        if tracing.ENABLED:
+            tracing.set_incoming(meta)
         try:
             call, prepare, execute = plan(request, meta)
         except HotserveError as exc:

@@ -12,13 +12,15 @@ import logging
 import orjson
 
 from hotserve.errors import HotserveError, NotFound
-from hotserve.observability import metrics
+from hotserve.observability import metrics, tracing
 from hotserve.protocols import tfserving_rest as tfs
 from hotserve.server import openapi
 from hotserve.server.admin import AdminRoutes
 from hotserve.server.context import ServerContext
+from hotserve.server.dashboard import DashboardRoutes
 from hotserve.server.events_api import events_reply
 from hotserve.server.http import Request, Response
+from hotserve.server.instrument import worker_state
 from hotserve.server.reply import JSON, Reply, error_reply
 from hotserve.server.rest_tfserving import PREFIX as V1_PREFIX
 from hotserve.server.rest_tfserving import V1Routes
@@ -41,8 +43,16 @@ class RestApp:
         self.v2 = V2Routes(ctx)
         self.admin = AdminRoutes(ctx)
         self.learning = LearningRoutes(ctx)
+        self.dashboard = DashboardRoutes(lambda: worker_state(ctx.manager, ctx.worker), ctx.worker, ctx.peers)
+
+    def close(self) -> None:
+        """Shutdown: end the open dashboard streams so their connections can close."""
+        self.dashboard.close()
 
     async def __call__(self, request: Request) -> Response:
+        if tracing.ENABLED:
+            tracing.set_incoming({k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers
+                                  if k in (b"traceparent", b"tracestate")})
         try:
             reply = await self._dispatch(request)
         except HotserveError as exc:
@@ -62,7 +72,10 @@ class RestApp:
         if path.startswith(V1_PREFIX):
             return await self.v1.dispatch(path[len(V1_PREFIX):], request)
         if path in _METRICS_PATHS:
-            return Reply(200, metrics.render(), headers=[_METRICS_TYPE])
+            body = await self.ctx.peers.render_metrics() if self.ctx.peers is not None else metrics.render()
+            return Reply(200, body, headers=[_METRICS_TYPE])
+        if path.startswith("/dashboard"):
+            return await self.dashboard.handle(request)
         if path.startswith("/v1/admin/"):
             return await self.admin.dispatch(path[len("/v1/admin/"):], request)
         if path == "/openapi.json":
@@ -78,7 +91,7 @@ class RestApp:
         raise NotFound(
             f"no such endpoint: {request.method} {path[:200]}; the REST API serves "
             "/v1/models/<name>[/versions/<v>|/labels/<l>][:predict|:classify|:regress|/metadata], /v2/... (KServe V2), "
-            "/v1/admin/... (management), /v1/events, /healthz, /readyz, /metrics"
+            "/v1/admin/... (management), /v1/events, /healthz, /readyz, /metrics, /dashboard"
         )
 
     def _ready(self) -> Reply:

@@ -14,12 +14,15 @@ from dataclasses import dataclass, field
 from hotserve.core.config import ModelConfig
 from hotserve.core.config_watcher import ConfigFileWatcher
 from hotserve.core.manager import Manager, ManagerOptions
-from hotserve.observability import events, metrics
+from hotserve.observability import events, live, metrics, tracing
 from hotserve.protocols import limits, tfserving_rest
 from hotserve.server.admission import AdmissionOptions
 from hotserve.server.context import build_context
+from hotserve.server.dashboard import local_feed
 from hotserve.server.grpc_server import GrpcServer
 from hotserve.server.http import HttpServer, Limits
+from hotserve.server.instrument import instrument, worker_state
+from hotserve.server.peers import PeerServer, from_env
 from hotserve.server.rest import RestApp
 
 log = logging.getLogger("hotserve.server")
@@ -46,6 +49,7 @@ class ServeOptions:
     feedback_store: str | None = None
     feedback_retention: object | None = None  # learning.store.Retention
     prediction_log_queue: int = 10_000
+    otel_endpoint: str | None = None  # --otel_exporter_otlp_endpoint (tracing also follows OTEL_* variables)
 
 
 def bind_socket(host: str, port: int, reuse_port: bool = False, listen: bool = True) -> socket.socket:
@@ -76,11 +80,24 @@ async def serve(opts: ServeOptions) -> None:
     # their model's own lane (server/admission.py).
     executor = ThreadPoolExecutor(4, thread_name_prefix="mgmt")
     limits.configure(opts.max_request_tensor_bytes, opts.http_limits.max_body_bytes)
+    tracing.configure(opts.otel_endpoint, str(opts.worker_id) if opts.worker_id is not None else None)
     metrics.subscribe(events.BUS)
     events.subscribe_logging(events.BUS, logging.getLogger("hotserve.manager"))
     # warmup.json and golden.json hold TF Serving REST predict bodies: the REST decoder reads them.
     manager = Manager(opts.models, opts.manager, decoder=tfserving_rest)
+    worker = str(opts.worker_id) if opts.worker_id is not None else "0"
+    metrics.WORKER = str(opts.worker_id) if opts.worker_id is not None else ""
+    live.TICKER.start()
     loop = asyncio.get_running_loop()
+    peers = from_env(opts.worker_id)
+    peer_server = None
+    if peers is not None:
+        # Siblings see this worker (loading, too) on their metrics and dashboards from now on.
+        peer_closing = asyncio.Event()
+        peer_server = PeerServer(peers.directory, worker, lambda: worker_state(manager, worker),
+                                 lambda after: local_feed(lambda: worker_state(manager, worker), worker, after,
+                                                          closing=peer_closing))
+        await peer_server.start()
     if opts.worker_id is not None:
         # A worker joins the shared port only once it can answer, so the kernel never routes a
         # connection to a worker still loading its models.
@@ -96,11 +113,12 @@ async def serve(opts: ServeOptions) -> None:
                                 opts.reload_timeout_seconds) if opts.config_file else None
     ctx = build_context(manager, executor, opts.admin_token, opts.rest_api_timeout_seconds,
                         opts.reload_timeout_seconds, watcher.reload_now if watcher else None, opts.admission)
+    ctx.worker, ctx.peers = worker, peers
+    instrument(manager, ctx.frame.lanes, worker)
     learning = _start_learning(opts, manager, ctx)
     app = RestApp(ctx)
-    metrics.WORKER = str(opts.worker_id or 0)
     rest = HttpServer(app, opts.http_limits, lambda status, message: tfserving_rest.encode_error(message),
-                      lambda reason: metrics.REJECTIONS.inc(("", reason)))
+                      lambda reason: metrics.limit_rejected("", reason))
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -125,6 +143,10 @@ async def serve(opts: ServeOptions) -> None:
         await stop.wait()
     finally:
         log.info("shutting down: draining in-flight requests and unloading models")
+        app.close()
+        if peer_server is not None:
+            peer_closing.set()
+            await peer_server.stop()
         if watcher is not None:
             watcher.stop()
         await asyncio.gather(rest.stop(), grpc_server.stop())
@@ -133,6 +155,7 @@ async def serve(opts: ServeOptions) -> None:
         await loop.run_in_executor(None, manager.stop)
         executor.shutdown(wait=False, cancel_futures=True)
         ctx.frame.lanes.shutdown()
+        await loop.run_in_executor(None, tracing.shutdown)
 
 
 def _start_learning(opts: ServeOptions, manager: Manager, ctx):

@@ -6,6 +6,8 @@ front ends) that joins the port's accept group only once its models are ready, s
 never hands a connection to a worker that cannot answer it yet. Every worker watches the
 repository itself, so a publish reaches all of them; routing decisions (labels, pins,
 rollbacks, canary verdicts from worker 0) travel through the repository's routing state file.
+Workers reach each other over unix sockets in a private directory (server/peers.py) so that a
+metrics scrape or the dashboard, answered by one worker, shows them all.
 A worker that dies is restarted; SIGTERM/SIGINT stop them all, draining in-flight requests.
 """
 
@@ -13,13 +15,16 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
 from hotserve.observability.process import rss_of
+from hotserve.server.peers import ENV_DIR as PEER_DIR_ENV
 from hotserve.server.serve import bind_socket
 
 log = logging.getLogger("hotserve.workers")
@@ -58,10 +63,13 @@ class Supervisor:
         self._procs: list[subprocess.Popen | None] = [None] * num_workers
         self._started = [0.0] * num_workers
         self._stopping = threading.Event()
+        # Workers answer each other here (server/peers.py): one scrape or dashboard covers all.
+        self.peer_dir = tempfile.mkdtemp(prefix="hotserve-peers-")
 
     def _spawn(self, i: int) -> None:
         cmd = [sys.executable, "-m", "hotserve", "serve", *self._argv, "--worker_id", str(i)]
-        self._procs[i] = subprocess.Popen(cmd, env={**os.environ, "HOTSERVE_WORKER_ID": str(i)})
+        self._procs[i] = subprocess.Popen(cmd, env={**os.environ, "HOTSERVE_WORKER_ID": str(i),
+                                                        PEER_DIR_ENV: self.peer_dir})
         self._started[i] = time.monotonic()
         log.info("worker %d started (pid %d)", i, self._procs[i].pid)
 
@@ -108,4 +116,5 @@ class Supervisor:
                 proc.kill()
         self._rest.close()
         self._grpc.close()
+        shutil.rmtree(self.peer_dir, ignore_errors=True)
         return 0
