@@ -203,7 +203,11 @@ class ModelManager:
             with self._cv:
                 while self._pending is None and not self._stopping:
                     self._idle.set()
-                    self._cv.wait()
+                    # A version kept loaded for a while (a fleet's previous version) is let go
+                    # when its time is up: plan again then.
+                    wake = self.intent.wake_in()
+                    if not self._cv.wait(wake) and wake is not None and self._pending is None:
+                        self._pending = self._last_scan
                 if self._stopping:
                     return
                 scan, self._pending = self._pending, None
