@@ -110,6 +110,13 @@ CASES = [
     ("a pin outranks the fleet target, whose version stays loaded",
      Snapshot(complete=fs({1, 2}), loaded=fs({1, 2}), table=table({2}, 2)), Intent(fleet_target=2, pinned=1), None,
      table({1}, 1), fs()),
+    ("fleet replica, no fleet version yet: prepare the policy's pick, serve nothing",
+     Snapshot(complete=fs({1, 2})), Intent(fleet=True), 2, EMPTY, fs()),
+    ("fleet replica, no fleet version yet: prepared and loaded, still nothing serves",
+     Snapshot(complete=fs({1, 2}), loaded=fs({2})), Intent(fleet=True), None, EMPTY, fs()),
+    ("fleet replica, labels route even before the fleet has a version",
+     Snapshot(complete=fs({1, 2}), loaded=fs({1, 2})), Intent(fleet=True, labels={"gold": 1}), None,
+     table({1}, None, {"gold": 1}), fs()),
     ("fleet target beside a canary: the split is between the target and the canary",
      Snapshot(complete=fs({1, 2, 3}), loaded=fs({2, 3}), table=table({2}, 2)),
      Intent(fleet_target=2, labels={"stable": 2, "canary": 3}, canary_weight=10.0), None,
@@ -161,7 +168,7 @@ def test_plan_reports_prepared_versions():
 def test_unset_fleet_fields_change_nothing():
     """Every case without fleet fields plans exactly as an Intent built without them."""
     for _, snap, intent, *_ in CASES:
-        if intent.fleet_target is None and not intent.prepare:
+        if intent.fleet_target is None and not intent.prepare and not intent.fleet:
             bare = Intent(intent.policy, intent.labels, intent.pinned, intent.rolled_back, intent.canary_weight,
                           intent.auto_canary, intent.unloaded)
             assert plan(snap, bare) == plan(snap, intent)

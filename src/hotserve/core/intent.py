@@ -22,8 +22,10 @@ from hotserve.repository.storage import StorageUnavailable
 
 
 class IntentKeeper:
-    def __init__(self, model: str, config: ModelConfig, store: RoutingStore, bus: EventBus = BUS) -> None:
+    def __init__(self, model: str, config: ModelConfig, store: RoutingStore, bus: EventBus = BUS,
+                 fleet: bool = False) -> None:
         self.model = model
+        self.fleet = fleet  # a fleet's replica: the fleet's target decides what serves
         self.store = store
         self.bus = bus
         self._lock = threading.Lock()
@@ -56,6 +58,7 @@ class IntentKeeper:
             canary_weight=self.canary_weight(),
             auto_canary=bool(cfg.canary and cfg.canary.auto),
             unloaded=st.unloaded,
+            fleet=self.fleet,
             fleet_target=st.fleet_target,
             prepare=frozenset(st.prepare) | frozenset(v for v, until in st.keep.items() if until > time.time()),
         )

@@ -60,6 +60,8 @@ class ManagerOptions:
     # --inference_threading=auto: a model whose recent median inference is under this many
     # microseconds may run small requests on the event loop (0: never).
     inline_max_us: float = 0.0
+    # A fleet's replica (--fleet): what serves is the fleet's version (cluster/), not the policy's.
+    fleet: bool = False
 
 
 def make_batcher(name: str, config: ModelConfig, default: BatchingParameters | None) -> Batcher | None:
@@ -83,7 +85,8 @@ class ModelManager:
         self.storage = storage_for(self.base_path)
         self.route = Route(self.name)
         self.book = VersionBook(self.name, bus)
-        self.intent = IntentKeeper(self.name, config, store or FileRoutingStore(self.storage, self.base_path), bus)
+        self.intent = IntentKeeper(self.name, config, store or FileRoutingStore(self.storage, self.base_path), bus,
+                                   fleet=options.fleet)
         self.loader = VersionLoader(self.name, self.storage, self.book, load_pool, budget, gates, options.runtime,
                                     options.memory_policy, bus)
         self.batcher = make_batcher(self.name, config, options.batching)

@@ -15,7 +15,7 @@ and when nothing is loadable the table stays as it is.
 
 A fleet (cluster/) adds two things. A *prepared* version is loaded, gated and warm but not
 routed: the versions a rollout's first phase asks for, the previous fleet version kept for an
-instant rollback, and, once the fleet has a target, whatever the version policy picks. The
+instant rollback, and, on a fleet's replica, whatever the version policy picks. The
 *fleet target* is the version every replica serves by default; it replaces the policy's say
 over what serves. A replica that does not have the target loaded (still loading it, or it
 failed here) serves no default at all rather than an older version, so once a rollout flips
@@ -59,8 +59,10 @@ class Intent:
     canary_weight: float = 0.0
     auto_canary: bool = False
     unloaded: bool = False
-    # The fleet's serving version (cluster/): when set it serves by default and the policy's
-    # picks are only prepared, until a rollout flips the target to them.
+    # This replica belongs to a fleet (cluster/): what serves by default is the fleet's target
+    # alone; the policy's picks are only prepared, until a rollout flips the target to them.
+    # With no target yet nothing serves (the first replica to prepare a version proposes one).
+    fleet: bool = False
     fleet_target: int | None = None
     # Versions to load, gate and warm up without routing to them (a rollout's first phase; the
     # previous fleet version, kept for a rollback).
@@ -107,18 +109,21 @@ def select(s: Snapshot, i: Intent) -> Selection:
     picks = frozenset(i.policy.select([v for v in s.complete if loadable(v) and v not in i.rolled_back]))
     prepared = frozenset(v for v in i.prepare if loadable(v))
     note = ""
-    if i.fleet_target is not None:
+    if fleet_managed(i):
         prepared |= picks
-        desired = frozenset({i.fleet_target}) if loadable(i.fleet_target) else frozenset()
-        if not desired:
-            why = "failed to load here" if i.fleet_target in s.failed else "is not complete in this replica's repository"
-            note = (f"the fleet serves version {i.fleet_target}, which {why}; serving no default version until it "
+        target = i.fleet_target
+        desired = frozenset({target}) if target is not None and loadable(target) else frozenset()
+        if target is None:
+            note = "the fleet has no serving version yet; preparing, serving nothing until one is set"
+        elif not desired:
+            why = "failed to load here" if target in s.failed else "is not complete in this replica's repository"
+            note = (f"the fleet serves version {target}, which {why}; serving no default version until it "
                     "loads (this replica reports not ready)")
     else:
         desired = picks
     if i.pinned is not None:
         if loadable(i.pinned):
-            if i.fleet_target is not None:
+            if fleet_managed(i):
                 prepared |= desired  # the fleet's version stays warm behind the pin
             desired = frozenset({i.pinned})
         else:
@@ -133,9 +138,14 @@ def wanted_versions(s: Snapshot, i: Intent) -> tuple[frozenset[int], frozenset[i
     return sel.desired, sel.wanted, sel.note
 
 
+def fleet_managed(i: Intent) -> bool:
+    return i.fleet or i.fleet_target is not None
+
+
 def fleet_holds(s: Snapshot, i: Intent) -> bool:
-    """The fleet serves a version this replica has not loaded: serve no default meanwhile."""
-    return i.fleet_target is not None and i.pinned is None and i.fleet_target not in s.loaded and not i.unloaded
+    """The fleet serves a version this replica has not loaded (or has no version yet): serve no
+    default meanwhile."""
+    return fleet_managed(i) and i.pinned is None and i.fleet_target not in s.loaded and not i.unloaded
 
 
 def _held(table: TableSpec) -> TableSpec:
@@ -178,7 +188,7 @@ def build_table(loaded: frozenset[int], desired: frozenset[int], i: Intent, curr
     canary = labels.get("canary")
     if i.pinned is not None and i.pinned in loaded:
         default: int | None = i.pinned
-    elif i.fleet_target is not None:
+    elif fleet_managed(i):
         default = i.fleet_target if i.fleet_target in loaded else None
     elif "stable" in labels:
         default = labels["stable"]

@@ -191,6 +191,15 @@ GATES = REGISTRY.add(Counter("hotserve_gate_results_total", "Gate verdicts on ve
                              ("model", "gate", "outcome")))
 STORAGE_OUTAGES = REGISTRY.add(Counter("hotserve_storage_outages_total",
                                        "Times a model's base path became unreadable (served versions kept).", ("model",)))
+FLEET_CONNECTED = REGISTRY.add(Gauge("hotserve_fleet_connected",
+                                     "1 while this replica is connected to its fleet's ZooKeeper (--fleet).", ()))
+FLEET_ROLLOUTS = REGISTRY.add(Counter("hotserve_fleet_rollouts_total",
+                                      "Fleet rollouts run by this replica (--fleet_auto_rollout) by outcome.",
+                                      ("model", "outcome")))
+DRAINING = REGISTRY.add(Gauge("hotserve_draining", "1 once SIGTERM started the drain (readiness off).", ()))
+IN_FLIGHT = REGISTRY.add(Gauge("hotserve_requests_in_flight",
+                               "Model requests bound to a version and not yet finished, at scrape time "
+                               "(the autoscaling signal deploy/kubernetes uses).", ("model",)))
 
 
 PROCESS_RSS = REGISTRY.add(Gauge("hotserve_process_resident_memory_bytes",
@@ -198,8 +207,19 @@ PROCESS_RSS = REGISTRY.add(Gauge("hotserve_process_resident_memory_bytes",
 WORKER = "0"  # this process's worker id (--num_workers)
 
 
+# Gauges read at scrape time (e.g. requests in flight per model), set by the serving process.
+_COLLECTORS: list = []
+
+
+def add_collector(fn) -> None:
+    """Call fn() before every render (a gauge nobody publishes events for)."""
+    _COLLECTORS.append(fn)
+
+
 def render() -> bytes:
     PROCESS_RSS.set((WORKER,), rss_of())
+    for fn in _COLLECTORS:
+        fn()
     return REGISTRY.render()
 
 
@@ -262,6 +282,14 @@ def _on_event(record: events.Record) -> None:
             STORAGE_OUTAGES.inc((ev.model,))
     elif isinstance(ev, events.ConfigReloaded):
         CONFIG_RELOADS.inc((ev.outcome,))
+    elif isinstance(ev, events.FleetMembership):
+        if ev.state in ("registered", "connected", "suspended", "lost"):
+            FLEET_CONNECTED.set((), 1.0 if ev.state in ("registered", "connected") else 0.0)
+    elif isinstance(ev, events.FleetRollout):
+        if ev.phase in ("done", "aborted"):
+            FLEET_ROLLOUTS.inc((ev.model, ev.phase))
+    elif isinstance(ev, events.Draining):
+        DRAINING.set((), 1.0)
 
 
 def subscribe(bus: events.EventBus = events.BUS):

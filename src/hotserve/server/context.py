@@ -22,6 +22,12 @@ class ServerContext:
     timeout_seconds: float = 30.0  # --rest_api_timeout_in_ms
     reload_timeout_seconds: float = 60.0
     reload_config: Callable[[], dict] | None = None  # set when serving from --model_config_file
+    # Set on SIGTERM: readiness fails at once while requests are still served (--drain_seconds).
+    draining: bool = False
+
+    def ready(self) -> bool:
+        """Readiness (/readyz, /v2/health/ready, gRPC health '', a fleet member's `ready`)."""
+        return not self.draining and self.manager.ready()
 
     async def blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a management call in the worker pool: each carries its own, longer bound (a

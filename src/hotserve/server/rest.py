@@ -54,6 +54,10 @@ class RestApp:
         headers.append((b"content-length", str(len(reply.body)).encode()))
         if reply.version is not None:
             headers.append((_VERSION_HEADER, reply.version.encode()))
+        if self.ctx.draining:
+            # Shutting down: a balancer's kept-alive connection closes after this answer, so its
+            # next request opens a new one (to another replica once this one stops accepting).
+            headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
 
@@ -82,8 +86,9 @@ class RestApp:
 
     def _ready(self) -> Reply:
         models = {name: mm.is_ready() for name, mm in self.manager.models.items()}
-        ready = self.manager.ready()
-        return Reply(200 if ready else 503, orjson.dumps({"ready": ready, "models": models}))
+        ready = self.ctx.ready()
+        doc = {"ready": ready, "models": models, **({"draining": True} if self.ctx.draining else {})}
+        return Reply(200 if ready else 503, orjson.dumps(doc))
 
 
 async def _lifespan(receive, send) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -38,6 +39,12 @@ class ServeOptions:
     config_poll_seconds: float = 0.0
     admin_token: str | None = None
     reload_timeout_seconds: float = 60.0
+    # --fleet zk://host:port/path: membership, routing intent and rollouts through ZooKeeper.
+    fleet: str | None = None
+    fleet_auto_rollout: bool = False
+    fleet_replica_id: str | None = None
+    # On SIGTERM: fail readiness, keep serving this long, then stop accepting and finish.
+    drain_seconds: float = 0.0
 
 
 def bind_socket(host: str, port: int, reuse_port: bool = False, listen: bool = True) -> socket.socket:
@@ -100,9 +107,18 @@ async def serve(opts: ServeOptions) -> None:
     executor = ThreadPoolExecutor(threads, thread_name_prefix="rest")
     metrics.subscribe(events.BUS)
     events.subscribe_logging(events.BUS, logging.getLogger("hotserve.manager"))
-    # warmup.json and golden.json hold TF Serving REST predict bodies: the REST decoder reads them.
-    manager = Manager(opts.models, opts.manager, decoder=tfserving_rest)
     loop = asyncio.get_running_loop()
+    member = None
+    if opts.fleet:
+        from hotserve.cluster.member import FleetMember
+
+        # Before the manager: a replica learns the fleet's serving versions before it serves.
+        member = await loop.run_in_executor(None, lambda: FleetMember(opts.fleet, events.BUS, opts.fleet_auto_rollout))
+        opts.manager = dataclasses.replace(opts.manager, fleet=True)
+    # warmup.json and golden.json hold TF Serving REST predict bodies: the REST decoder reads them.
+    manager = Manager(opts.models, opts.manager, decoder=tfserving_rest,
+                      store_factory=member.routing_store if member is not None else None)
+    metrics.add_collector(lambda: _report_in_flight(manager))
     if opts.worker_id is not None:
         # A worker joins the shared port only once it can answer, so the kernel never routes a
         # connection to a worker still loading its models.
@@ -121,17 +137,26 @@ async def serve(opts: ServeOptions) -> None:
     app = RestApp(ctx)
     metrics.WORKER = str(opts.worker_id or 0)
     rest = _Uvicorn(app, sock)
+    grpc_server = GrpcServer(ctx, opts.host, opts.grpc_port, reuse_port=opts.reuse_port)
+    shutdown = _Shutdown(ctx, rest, grpc_server, opts.drain_seconds, member,
+                         grace=max(5.0, opts.rest_api_timeout_seconds))
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, rest.stop)
-    grpc_server = GrpcServer(ctx, opts.host, opts.grpc_port, reuse_port=opts.reuse_port)
+            loop.add_signal_handler(sig, shutdown.signal)
     try:
         grpc_port = await grpc_server.start()
     except BaseException:
         sock.close()
+        if member is not None:
+            member.close()
         raise
     if opts.worker_id is None:
         manager.start()
+    if member is not None:
+        advertised = _url_host(_advertised_host(opts.host))
+        member.register(manager, f"http://{advertised}:{port}", f"{advertised}:{grpc_port}", ctx.ready,
+                        lambda: sum(_in_flight(manager).values()),
+                        opts.fleet_replica_id or _default_replica_id(port, opts.worker_id))
     if watcher is not None:
         watcher.start()
     if not opts.admin_token:
@@ -142,12 +167,79 @@ async def serve(opts: ServeOptions) -> None:
     try:
         await rest.serve()
     finally:
-        log.info("shutting down: draining in-flight requests and unloading models")
+        log.info("shutting down: finishing in-flight requests and unloading models")
         if watcher is not None:
             watcher.stop()
-        await grpc_server.stop()
+        await shutdown.grpc_stopped()
         await loop.run_in_executor(None, manager.stop)
+        if member is not None:
+            await loop.run_in_executor(None, member.close)  # deregister last: nothing is in flight now
         executor.shutdown(wait=False, cancel_futures=True)
+
+
+class _Shutdown:
+    """SIGTERM/SIGINT: readiness fails at once (/readyz, gRPC health, the fleet member), requests
+    are still served for --drain_seconds so balancers stop sending, then both front ends stop
+    accepting together and finish what is in flight. A second signal cuts the drain short."""
+
+    def __init__(self, ctx, rest: _Uvicorn, grpc_server: GrpcServer, drain_seconds: float, member,
+                 grace: float) -> None:
+        self.ctx = ctx
+        self.rest = rest
+        self.grpc_server = grpc_server
+        self.drain_seconds = drain_seconds
+        self.member = member
+        self.grace = grace
+        self._cut = asyncio.Event()
+        self._drain: asyncio.Task | None = None
+        self._grpc_stop: asyncio.Task | None = None
+
+    def signal(self) -> None:
+        if self._drain is not None:
+            self._cut.set()
+            return
+        self._drain = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        self.ctx.draining = True
+        events.BUS.publish(events.Draining(seconds=self.drain_seconds))
+        if self.member is not None:
+            self.member.set_draining()
+        if self.drain_seconds > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._cut.wait(), self.drain_seconds)
+        self.rest.stop()
+        self._grpc_stop = asyncio.get_running_loop().create_task(self.grpc_server.stop(self.grace))
+
+    async def grpc_stopped(self) -> None:
+        if self._drain is not None:
+            await self._drain
+        if self._grpc_stop is None:  # REST ended without a signal (e.g. it failed to start)
+            self._grpc_stop = asyncio.get_running_loop().create_task(self.grpc_server.stop(self.grace))
+        await self._grpc_stop
+
+
+def _in_flight(manager: Manager) -> dict[str, int]:
+    """Requests bound to a version and not finished yet, per model (summed refcounts)."""
+    return {name: sum(lv.in_flight for lv in mm.loaded()) for name, mm in list(manager.models.items())}
+
+
+def _report_in_flight(manager: Manager) -> None:
+    for name, n in _in_flight(manager).items():
+        metrics.IN_FLIGHT.set((name,), float(n))
+
+
+def _advertised_host(host: str) -> str:
+    """The address other machines reach this replica at (the fleet status table shows it)."""
+    if host not in ("0.0.0.0", "::", ""):
+        return host
+    return os.environ.get("HOTSERVE_ADVERTISE_HOST") or socket.gethostname()
+
+
+def _default_replica_id(port: int, worker_id: int | None) -> str:
+    from hotserve.cluster.member import default_replica_id
+
+    return default_replica_id(port, worker_id)
 
 
 def run(opts: ServeOptions) -> int:
