@@ -99,7 +99,6 @@ class Fleet:
     def start_nginx(self) -> LocalNginx:
         rest = [r.url.removeprefix("http://") for r in self.replicas]
         grpc = [r.grpc_target for r in self.replicas]
-        os.makedirs(os.path.join(self.workdir, "nginx"), exist_ok=True)
         self.nginx = LocalNginx(os.path.join(self.workdir, "nginx"), rest, grpc).start()
         return self.nginx
 

@@ -92,6 +92,7 @@ class LocalNginx:
 
     def __init__(self, workdir: str, rest: list[str], grpc: list[str], binary: str = "nginx") -> None:
         self.workdir = workdir
+        os.makedirs(workdir, exist_ok=True)
         self.rest_port = free_port()
         self.grpc_port = free_port()
         self.conf = os.path.join(workdir, "nginx.conf")

@@ -81,21 +81,26 @@ class FleetMember:
         """The RoutingStore for one model (Manager's store_factory)."""
         return ZkRoutingStore(self.client, self.address.routing(config.name))
 
-    def register(self, manager, rest_url: str, grpc_target: str, ready: Callable[[], bool],
-                 in_flight: Callable[[], int], replica_id: str) -> None:
-        """Create this replica's znode and keep it current; `manager` is core's Manager (auto
-        rollout reads its models' fleet version)."""
+    def start(self, manager, ready: Callable[[], bool], in_flight: Callable[[], int], replica_id: str) -> None:
+        """Register this replica's znode (addresses unknown yet: its ports open once it is ready)
+        and keep it current; `manager` is core's Manager (auto rollout reads its models' fleet
+        version)."""
         self.replica_id = replica_id
         self._manager = manager
         self._ready = ready
         self._in_flight = in_flight
-        self._fields = {"id": replica_id, "host": socket.gethostname(), "pid": os.getpid(), "rest": rest_url,
-                        "grpc": grpc_target, "started": time.time()}
+        self._fields = {"id": replica_id, "host": socket.gethostname(), "pid": os.getpid(), "rest": None,
+                        "grpc": None, "started": time.time()}
         self._writer = threading.Thread(target=self._write_loop, name="fleet-member", daemon=True)
         self._writer.start()
         if self.auto_rollout:
             self._roller = threading.Thread(target=self._auto_loop, name="fleet-auto-rollout", daemon=True)
             self._roller.start()
+        self._mark()
+
+    def set_addresses(self, rest_url: str, grpc_target: str) -> None:
+        """The ports are open: where balancers and `hotserve fleet status` reach this replica."""
+        self._fields = {**self._fields, "rest": rest_url, "grpc": grpc_target}
         self._mark()
 
     def set_draining(self) -> None:

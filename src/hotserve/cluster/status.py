@@ -100,7 +100,8 @@ def format_status(status: FleetStatus, now: float | None = None) -> str:
     for rid, doc in sorted(status.members.items()):
         ready = "draining" if doc.get("draining") else ("yes" if doc.get("ready") else "no")
         models = "  ".join(f"{m}: {_versions(md)}" for m, md in sorted(doc.get("models", {}).items()))
-        rows.append((rid, ready, str(doc.get("rest", "")), str(doc.get("grpc", "")), str(doc.get("in_flight", 0)),
+        rows.append((rid, ready, str(doc.get("rest") or "(opens when ready)"), str(doc.get("grpc") or "-"),
+                     str(doc.get("in_flight", 0)),
                      models or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:

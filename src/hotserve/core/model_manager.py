@@ -100,6 +100,7 @@ class ModelManager:
         self._failed: dict[int, Fingerprint] = {}
         self._pending: ScanResult | None = None
         self._last_scan = ScanResult(complete={})
+        self._scanned = False  # no reconcile before the first scan: an empty scan is not the repository
         self._reconciles = 0
         self._cv = threading.Condition()
         self._stopping = False
@@ -183,6 +184,7 @@ class ModelManager:
     # -- repository and store events ---------------------------------------------------------
     def _on_scan(self, result: ScanResult) -> None:
         with self._cv:
+            self._scanned = True
             self._pending = result
             self._idle.clear()
             self._cv.notify()
@@ -209,7 +211,7 @@ class ModelManager:
                     # A version kept loaded for a while (a fleet's previous version) is let go
                     # when its time is up: plan again then.
                     wake = self.intent.wake_in()
-                    if not self._cv.wait(wake) and wake is not None and self._pending is None:
+                    if not self._cv.wait(wake) and wake is not None and self._pending is None and self._scanned:
                         self._pending = self._last_scan
                 if self._stopping:
                     return
@@ -227,7 +229,7 @@ class ModelManager:
         """Reconcile again with the last scan (intent changed); returns the count to wait past."""
         with self._cv:
             seen = self._reconciles
-            if self._pending is None:
+            if self._pending is None and self._scanned:
                 self._pending = self._last_scan
             self._idle.clear()
             self._cv.notify_all()
@@ -239,6 +241,7 @@ class ModelManager:
         scan = self.watcher.scan_now()
         with self._cv:
             seen = self._reconciles
+            self._scanned = True
             self._pending = scan
             self._idle.clear()
             self._cv.notify_all()

@@ -280,7 +280,7 @@ class RoutingChanged(Event):
     version: int | None = None
 
     def summary(self) -> str:
-        who = "another process (a sibling worker, a fleet replica or the CLI)" if self.source == "peer" else self.source
+        who = "another worker, fleet replica or the CLI" if self.source == "peer" else self.source
         return f"model {self.model}: routing changed by {who} ({self.action}): labels {self.labels}, pinned {self.pinned}"
 
 

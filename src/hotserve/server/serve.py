@@ -119,16 +119,11 @@ async def serve(opts: ServeOptions) -> None:
     manager = Manager(opts.models, opts.manager, decoder=tfserving_rest,
                       store_factory=member.routing_store if member is not None else None)
     metrics.add_collector(lambda: _report_in_flight(manager))
-    if opts.worker_id is not None:
-        # A worker joins the shared port only once it can answer, so the kernel never routes a
-        # connection to a worker still loading its models.
-        manager.start()
-        deadline = loop.time() + 300
-        while not manager.ready() and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        if not manager.ready():
-            log.warning("worker %d: models not ready after 300s; joining the port anyway", opts.worker_id)
-    sock = bind_socket(opts.host, opts.rest_api_port, opts.reuse_port)
+    # A --num_workers worker, and a fleet replica, open their ports only once their models are
+    # ready (a replica: serving the fleet's version), so neither the kernel's port sharing nor
+    # a balancer without health checks (nginx) hands them a request they cannot answer yet.
+    defer = opts.worker_id is not None or member is not None
+    sock = bind_socket(opts.host, opts.rest_api_port, opts.reuse_port, listen=not defer)
     host, port = sock.getsockname()[:2]
     watcher = ConfigFileWatcher(opts.config_file, manager, opts.config_poll_seconds,
                                 opts.reload_timeout_seconds) if opts.config_file else None
@@ -143,38 +138,64 @@ async def serve(opts: ServeOptions) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, shutdown.signal)
+    started = False
     try:
-        grpc_port = await grpc_server.start()
-    except BaseException:
-        sock.close()
         if member is not None:
-            member.close()
-        raise
-    if opts.worker_id is None:
-        manager.start()
-    if member is not None:
-        advertised = _url_host(_advertised_host(opts.host))
-        member.register(manager, f"http://{advertised}:{port}", f"{advertised}:{grpc_port}", ctx.ready,
-                        lambda: sum(_in_flight(manager).values()),
-                        opts.fleet_replica_id or _default_replica_id(port, opts.worker_id))
-    if watcher is not None:
-        watcher.start()
-    if not opts.admin_token:
-        log.info("management API off (no --admin_token): labels, rollback, load/unload and config reload are refused")
-    # Tools and tests read these lines to learn the bound ports (they matter with port 0).
-    print(f"hotserve: gRPC API listening on {_url_host(host)}:{grpc_port}", flush=True)
-    print(f"hotserve: REST API listening on http://{_url_host(host)}:{port}", flush=True)
-    try:
+            member.start(manager, ctx.ready, lambda: sum(_in_flight(manager).values()),
+                         opts.fleet_replica_id or _default_replica_id(port, opts.worker_id))
+        if defer:
+            manager.start()
+            started = True
+            if not await _until_ready(manager, shutdown, None if member is not None else 300.0, opts.worker_id):
+                return  # stopped before it was ready
+        grpc_port = await grpc_server.start()
+        if not started:
+            manager.start()
+            started = True
+        if member is not None:
+            advertised = _url_host(_advertised_host(opts.host))
+            member.set_addresses(f"http://{advertised}:{port}", f"{advertised}:{grpc_port}")
+        if watcher is not None:
+            watcher.start()
+        if not opts.admin_token:
+            log.info("management API off (no --admin_token): labels, rollback, load/unload and config reload are refused")
+        if defer:
+            sock.listen(2048)  # before the line below: whoever reads it may connect at once
+            sock.setblocking(False)
+        # Tools and tests read these lines to learn the bound ports (they matter with port 0).
+        print(f"hotserve: gRPC API listening on {_url_host(host)}:{grpc_port}", flush=True)
+        print(f"hotserve: REST API listening on http://{_url_host(host)}:{port}", flush=True)
         await rest.serve()
     finally:
         log.info("shutting down: finishing in-flight requests and unloading models")
+        sock.close()
         if watcher is not None:
             watcher.stop()
         await shutdown.grpc_stopped()
-        await loop.run_in_executor(None, manager.stop)
+        if started:
+            await loop.run_in_executor(None, manager.stop)
         if member is not None:
             await loop.run_in_executor(None, member.close)  # deregister last: nothing is in flight now
         executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def _until_ready(manager: Manager, shutdown: "_Shutdown", cap: float | None, worker_id: int | None) -> bool:
+    """Wait for every model to be ready; False if a signal came first. With a cap (workers),
+    give up waiting after it and open the ports anyway."""
+    loop = asyncio.get_running_loop()
+    start = next_note = loop.time()
+    while not manager.ready():
+        if shutdown.requested:
+            return False
+        now = loop.time()
+        if cap is not None and now - start > cap:
+            log.warning("worker %s: models not ready after %gs; joining the port anyway", worker_id, cap)
+            return True
+        if now >= next_note + 30:
+            next_note = now
+            log.info("ports stay closed until every model is ready (%.0fs so far)", now - start)
+        await asyncio.sleep(0.05)
+    return True
 
 
 class _Shutdown:
@@ -193,6 +214,10 @@ class _Shutdown:
         self._cut = asyncio.Event()
         self._drain: asyncio.Task | None = None
         self._grpc_stop: asyncio.Task | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self._drain is not None
 
     def signal(self) -> None:
         if self._drain is not None:
