@@ -8,13 +8,15 @@
 Two fleets, the same machine, the same load, one after the other:
 
   two-phase     hotserve --fleet: replicas register in a local ZooKeeper; each new version is
-                published to the shared repository, every replica prepares it (loaded, gated,
-                warm, not routed), then `Rollout.run` (what `hotserve rollout` runs) flips the
-                fleet with one znode write. After the rollouts: one replica gets SIGTERM
-                (--drain_seconds) and is restarted, one gets kill -9 and is restarted, then one
-                `--rollback`.
+                published into every replica's own copy of the repository (one after the
+                other, as a sync job fills each host), every replica prepares it (loaded,
+                gated, warm, not routed), then `Rollout.run` (what `hotserve rollout` runs)
+                flips the fleet with one znode write. Then a version whose copy is corrupt on
+                one replica (its rollout aborts), a SIGTERM (--drain_seconds) and a kill -9 of
+                a replica (each restarted), and one `--rollback`.
   uncoordinated the peer: the same replicas without --fleet, each swapping on its own as soon as
-                it sees the version (inotify), as TF Serving replicas each poll and swap.
+                it sees the version (inotify), as TF Serving replicas each poll and swap; the
+                same publishes and the same corrupt copy.
 
 The load runs through nginx (deploy's config, cluster/nginx.conf.template) for the whole phase:
 wrk (-t N -c N, bench/wrk/fleet.lua: every request's start, end, status, X-Model-Version and
@@ -169,10 +171,11 @@ class GrpcClients:
 
 # -- a fleet of replicas ------------------------------------------------------------------------------
 class Replicas:
-    def __init__(self, workdir: str, n: int, base: str, flags: list[str]) -> None:
+    def __init__(self, workdir: str, bases: list[str], flags: list[str]) -> None:
         from hotserve.cluster.local import free_port
 
-        self.workdir, self.base, self.flags = workdir, base, flags
+        n = len(bases)
+        self.workdir, self.bases, self.flags = workdir, bases, flags
         self.ports = [(free_port(), free_port()) for _ in range(n)]  # fixed: a restarted replica keeps its place in nginx
         self.servers: list = [None] * n
         self.owned: list = [None] * n
@@ -181,7 +184,7 @@ class Replicas:
         from hotserve.launcher import ServerProcess
 
         rest, grpc_port = self.ports[i]
-        args = ["--model_name", MODEL, "--model_base_path", self.base, "--port", str(grpc_port), *self.flags]
+        args = ["--model_name", MODEL, "--model_base_path", self.bases[i], "--port", str(grpc_port), *self.flags]
         if "--fleet" in self.flags:
             args += ["--fleet_replica_id", f"replica-{i}"]
         sp = ServerProcess(args, os.path.join(self.workdir, f"replica{i}-{time.monotonic_ns()}.log"), port=rest)
@@ -219,11 +222,21 @@ class Replicas:
             return int(round(json.loads(r.read())["predictions"][0][0]))
 
 
-def _publish(build: str, base: str, version: int) -> None:
+def _publish(build: str, bases: list[str], version: int, corrupt_on: int | None = None) -> None:
+    """The version into every replica's own copy of the repository, one after the other (as a sync
+    job fills each host); on `corrupt_on` a byte of the model is flipped after the publish."""
     from hotserve.examples import make_affine
     from hotserve.repository.publish import publish
 
-    publish(make_affine(os.path.join(build, str(version), "model.onnx"), float(version)), base, version)
+    src = make_affine(os.path.join(build, str(version), "model.onnx"), float(version))
+    for i, base in enumerate(bases):
+        _, path = publish(src, base, version)
+        if i == corrupt_on:
+            f = os.path.join(path, "model.onnx")
+            data = bytearray(open(f, "rb").read())
+            data[-1] ^= 0xFF
+            with open(f, "wb") as out:
+                out.write(bytes(data))
 
 
 def _wait(cond, timeout: float, what: str) -> None:
@@ -240,13 +253,13 @@ def run_phase(kind: str, o: argparse.Namespace, workdir: str, zk_url: str | None
     from hotserve.cluster.local import LocalNginx
 
     work = os.path.join(workdir, kind)
-    base, build = os.path.join(work, "repo", MODEL), os.path.join(work, "build")
+    bases, build = [os.path.join(work, f"repo{i}", MODEL) for i in range(o.replicas)], os.path.join(work, "build")
     os.makedirs(build, exist_ok=True)
-    _publish(build, base, 1)
+    _publish(build, bases, 1)
     flags = ["--drain_seconds", f"{o.drain_seconds:g}", "--file_system_poll_wait_seconds", "1"]
     if zk_url:
         flags = ["--fleet", zk_url, *flags]
-    fleet = Replicas(work, o.replicas, base, flags)
+    fleet = Replicas(work, bases, flags)
     log(f"  starting {o.replicas} replicas" + (f" in fleet {zk_url}" if zk_url else " (no --fleet)"))
     fleet.start_all()
     ngx = LocalNginx(os.path.join(work, "nginx"), [f"127.0.0.1:{r}" for r, _ in fleet.ports],
@@ -259,9 +272,9 @@ def run_phase(kind: str, o: argparse.Namespace, workdir: str, zk_url: str | None
     marks: list[dict] = []  # every change: kind, version, start/end (monotonic), figures
     try:
         if zk_url:
-            _two_phase(o, fleet, build, base, zk_url, marks, log)
+            _two_phase(o, fleet, build, bases, zk_url, marks, log)
         else:
-            _uncoordinated(o, fleet, build, base, marks, log)
+            _uncoordinated(o, fleet, build, bases, marks, log)
         time.sleep(1.0)
     finally:
         grpc_clients.stop()
@@ -276,7 +289,7 @@ def run_phase(kind: str, o: argparse.Namespace, workdir: str, zk_url: str | None
     return result
 
 
-def _two_phase(o, fleet: Replicas, build: str, base: str, zk_url: str, marks: list[dict], log) -> None:
+def _two_phase(o, fleet: Replicas, build: str, bases: list[str], zk_url: str, marks: list[dict], log) -> None:
     from hotserve.cluster import zk
     from hotserve.cluster.rollout import Rollout, RolloutOptions, member_state
     from hotserve.cluster.view import FleetView
@@ -287,7 +300,7 @@ def _two_phase(o, fleet: Replicas, build: str, base: str, zk_url: str, marks: li
     try:
         for k in range(o.rollouts):
             v = k + 2
-            _publish(build, base, v)
+            _publish(build, bases, v)
             ok, _ = view.wait_until(lambda ms: True if len(ms) == o.replicas and all(
                 member_state(d, MODEL, v)[0] == "ready" for d in ms.values()) else None, 60)
             if not ok:
@@ -300,6 +313,16 @@ def _two_phase(o, fleet: Replicas, build: str, base: str, zk_url: str, marks: li
             if r.outcome != "done":
                 log(f"    rollout {v}: {r.outcome}: {r.message}")
             time.sleep(o.interval)
+        bad = o.rollouts + 2
+        start = time.monotonic()
+        _publish(build, fleet.bases, bad, corrupt_on=o.replicas - 1)
+        view.wait_until(lambda ms: True if len(ms) == o.replicas and all(
+            member_state(d, MODEL, bad)[0] in ("ready", "failed") for d in ms.values()) else None, 60)
+        r = Rollout(client, address, MODEL, RolloutOptions(), who="bench").run(bad)
+        marks.append({"kind": "corrupt copy", "version": bad, "start": start, "end": time.monotonic(),
+                      "ok": r.outcome == "aborted", "message": r.message})
+        log(f"    corrupt copy on replica-{o.replicas - 1}: rollout {r.outcome}")
+        time.sleep(2.0)
         current = o.rollouts + 1
         for what, sig, i in (("SIGTERM", signal.SIGTERM, o.replicas - 1), ("kill -9", signal.SIGKILL, 0)):
             start = time.monotonic()
@@ -318,16 +341,24 @@ def _two_phase(o, fleet: Replicas, build: str, base: str, zk_url: str, marks: li
         zk.close(client)
 
 
-def _uncoordinated(o, fleet: Replicas, build: str, base: str, marks: list[dict], log) -> None:
+def _uncoordinated(o, fleet: Replicas, build: str, bases: list[str], marks: list[dict], log) -> None:
     for k in range(o.rollouts):
         v = k + 2
         start = time.monotonic()
-        _publish(build, base, v)
         published = time.time()
+        _publish(build, bases, v)
         _wait(lambda: all(fleet.serving(i) == v for i in range(o.replicas)), 60, f"every replica serving {v}")
         marks.append({"kind": "publish", "version": v, "start": start, "end": time.monotonic(), "ok": True,
                       "published_unix": published})
         time.sleep(o.interval)
+    bad = o.rollouts + 2
+    start = time.monotonic()
+    _publish(build, bases, bad, corrupt_on=o.replicas - 1)
+    _wait(lambda: all(fleet.serving(i) == bad for i in range(o.replicas - 1)), 60, "the good copies serving")
+    marks.append({"kind": "corrupt copy", "version": bad, "start": start, "end": time.monotonic(), "ok": True,
+                  "message": f"replica-{o.replicas - 1} keeps serving {o.rollouts + 1}"})
+    log(f"    corrupt copy on replica-{o.replicas - 1}: the others serve {bad}, it keeps {o.rollouts + 1}")
+    time.sleep(2.0)
 
 
 def _swap_times(fleet: Replicas, marks: list[dict]) -> None:
@@ -355,39 +386,52 @@ def analyze(kind: str, marks: list[dict], wrk_rows: list[list[tuple]], grpc_rows
     changes = [m for m in marks if m["kind"] in ("rollout", "rollback", "publish")]
     connections = wrk_rows + grpc_rows
     requests = sum(len(c) for c in connections)
-    failed = sum(1 for c in connections for r in c if r[2] != 200)
+    failed_rest = sum(1 for c in wrk_rows for r in c if r[2] != 200)
+    failed_grpc = sum(1 for c in grpc_rows for r in c if r[2] != 200)
     socket_errors = wrk_report["connect"] + wrk_report["read"] + wrk_report["write"] + wrk_report["timeout"]
     wrong = sum(1 for c in connections for r in c if r[2] == 200 and (r[4] is None or r[3] is None
                                                                    or abs(r[4] - r[3]) > 1e-3))
-    # After change k reported done and before change k+1 started, every answer must be version k's.
+    # After change k reported done and before the next change or event began, every answer must be
+    # version k's.
     old_after_done = 0
-    for k, m in enumerate(changes):
-        until = changes[k + 1]["start"] if k + 1 < len(changes) else float("inf")
+    starts = sorted(m["start"] for m in marks)
+    for m in changes:
+        until = next((t for t in starts if t > m["start"]), float("inf"))
         for c in connections:
             for r in c:
                 if r[2] == 200 and r[0] > m["end"] and r[1] < until and r[4] is not None and round(r[4]) != m["version"]:
                     old_after_done += 1
-    rollback_at = [m["start"] for m in marks if m["kind"] == "rollback"]
+    # Flaps while versions roll forward (before the corrupt copy, the restarts and the rollback).
+    first_event = min((m["start"] for m in marks if m["kind"] not in ("rollout", "publish")), default=float("inf"))
     flaps = 0
     for c in connections:
         last = None
         for r in c:
-            if r[2] != 200 or r[4] is None:
+            if r[2] != 200 or r[4] is None or r[0] >= first_event:
                 continue
             v = round(r[4])
-            if last is not None and v < last and not any(r[0] >= t for t in rollback_at):
+            if last is not None and v < last:
                 flaps += 1
             last = v
     skews = sorted(m["skew_ms"] for m in changes if m["kind"] != "rollback" and m.get("skew_ms") is not None)
     spreads = sorted(m["spread_ms"] for m in changes if m["kind"] != "rollback" and m.get("spread_ms") is not None)
     events = []
     for m in marks:
+        if m["kind"] == "corrupt copy":
+            after = [round(r[4]) for c in connections for r in c
+                     if r[2] == 200 and r[4] is not None and m["end"] < r[0] < m["end"] + 2.0]
+            shares = {v: after.count(v) / len(after) for v in sorted(set(after))} if after else {}
+            events.append({**m, "requests": len(after), "failed_rest": 0, "failed_grpc": 0, "answers_after": shares})
         if m["kind"] in ("SIGTERM", "kill -9", "rollback"):
-            window = [r for c in connections for r in c if m["start"] <= r[1] <= m["end"] + 2.0]
-            events.append({**m, "requests": len(window), "failed": sum(1 for r in window if r[2] != 200)})
+            end = m["end"] + 0.5
+            rest = [r for c in wrk_rows for r in c if m["start"] <= r[1] <= end]
+            grpc = [r for c in grpc_rows for r in c if m["start"] <= r[1] <= end]
+            events.append({**m, "requests": len(rest) + len(grpc), "failed_rest": sum(1 for r in rest if r[2] != 200),
+                           "failed_grpc": sum(1 for r in grpc if r[2] != 200)})
     return {
         "fleet": kind, "changes": len([m for m in changes if m["kind"] != "rollback"]), "requests": requests,
-        "failed": failed + socket_errors, "failed_detail": {"non-200": failed, "wrk socket errors": socket_errors},
+        "failed_rest": failed_rest + socket_errors, "failed_grpc": failed_grpc,
+        "failed_detail": {"REST non-200": failed_rest, "wrk socket errors": socket_errors, "gRPC": failed_grpc},
         "wrong_answers": wrong, "old_after_done": old_after_done, "flaps": flaps,
         "skew_p50_ms": percentile(skews, 50), "skew_p99_ms": percentile(skews, 99), "skew_max_ms": skews[-1] if skews else None,
         "spread_p50_ms": percentile(spreads, 50), "spread_p99_ms": percentile(spreads, 99),
@@ -399,14 +443,18 @@ def analyze(kind: str, marks: list[dict], wrk_rows: list[list[tuple]], grpc_rows
 COLUMNS = [("fleet", "fleet", None, "<"), ("changes", "changes", "{:d}", ">"), ("skew p50 ms", "skew_p50_ms", "{:.1f}", ">"),
            ("skew p99 ms", "skew_p99_ms", "{:.1f}", ">"), ("skew max ms", "skew_max_ms", "{:.1f}", ">"),
            ("spread p99 ms", "spread_p99_ms", "{:.1f}", ">"), ("requests", "requests", "{:,d}", ">"),
-           ("failed", "failed", "{:d}", ">"), ("old after done", "old_after_done", "{:d}", ">"),
+           ("failed REST", "failed_rest", "{:d}", ">"), ("failed gRPC", "failed_grpc", "{:d}", ">"),
+           ("old after done", "old_after_done", "{:d}", ">"),
            ("flaps", "flaps", "{:d}", ">"), ("wrong", "wrong_answers", "{:d}", ">")]
 LABELS = {"two-phase": "hotserve --fleet (two-phase)", "uncoordinated": "uncoordinated (each replica swaps itself)"}
 NOTES = [
     "skew: two-phase = the flip's znode write -> the last replica's swap; uncoordinated = the publish's end -> the last "
     "replica's swap (each replica's Swapped event time, one clock: one machine). spread: first -> last replica's swap.",
-    "failed: non-200 answers and socket errors through nginx, REST (wrk) and gRPC (Python clients), over the whole phase "
-    "(two-phase: the rollouts, the SIGTERM, the kill -9 and the rollback).",
+    "failed REST / gRPC: non-200 answers and socket errors through nginx (wrk) / failed calls (Python clients) over the "
+    "whole phase (two-phase: the rollouts, the SIGTERM, the kill -9 and the rollback); the event rows count those ending "
+    "between the event's start and 0.5 s after its end (the restart included). nginx resends a REST request a stopping "
+    "or killed replica did not answer; it cannot resend a gRPC call, so a call reaching a replica in the millisecond its "
+    "gRPC server stops (cancelled by grpc.aio), or in flight on a killed one, fails (docs/fleet.md).",
     "old after done: answers (by the model's own output) from another version than the fleet's, among requests sent after "
     "a rollout reported done and finished before the next change began. flaps: a connection answered by a newer version, "
     "then an older one (outside a rollback). wrong: output and X-Model-Version disagree.",
@@ -419,13 +467,20 @@ def render(results: dict) -> tuple[str, str]:
     aligns = [c[3] for c in COLUMNS]
     rows = [[LABELS.get(p["fleet"], p["fleet"]) if key == "fleet" else report._fmt(p.get(key), fmt)
              for _h, key, fmt, _a in COLUMNS] for p in phases]
-    ev_heads, ev_aligns = ["event", "requests in window", "failed", "detail"], ["<", ">", ">", "<"]
+    ev_heads, ev_aligns = ["event", "requests in window", "failed REST", "failed gRPC", "detail"], ["<", ">", ">", ">", "<"]
     ev_rows = []
     for p in phases:
         for e in p["events"]:
-            detail = (f"exit code {e['exit_code']}, restarted serving {e['served_after_restart']}" if "exit_code" in e
-                      else f"back to {e['version']}, skew {report._fmt(e.get('skew_ms'), '{:.1f}')} ms")
-            ev_rows.append([e["kind"], f"{e['requests']:,}", str(e["failed"]), detail])
+            if "exit_code" in e:
+                detail = f"exit code {e['exit_code']}, restarted serving {e['served_after_restart']}"
+            elif e["kind"] == "corrupt copy":
+                shares = ", ".join(f"version {v}: {100 * f:.0f}%" for v, f in e["answers_after"].items())
+                detail = (f"{'rollout aborted' if p['fleet'] == 'two-phase' else 'published'}; answers in the next 2 s: "
+                          f"{shares}")
+            else:
+                detail = f"back to {e['version']}, skew {report._fmt(e.get('skew_ms'), '{:.1f}')} ms"
+            ev_rows.append([f"{LABELS.get(p['fleet'], p['fleet']).split(' (')[0]}: {e['kind']}", f"{e['requests']:,}",
+                            str(e["failed_rest"]), str(e["failed_grpc"]), detail])
     two = next((p for p in phases if p["fleet"] == "two-phase"), None)
     peer = next((p for p in phases if p["fleet"] == "uncoordinated"), None)
     ratio = ""
@@ -492,7 +547,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"workdir kept: {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
-    bad = state.failed or any(p["failed"] or p["wrong_answers"] for p in results["phases"] if p["fleet"] == "two-phase")
+    bad = state.failed or any(p["failed_rest"] or p["wrong_answers"] or p["old_after_done"]
+                              for p in results["phases"] if p["fleet"] == "two-phase")
     return 1 if bad else 0
 
 

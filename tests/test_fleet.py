@@ -125,9 +125,13 @@ def test_rollback_flips_back_to_the_still_loaded_version(fleet):
 
 
 def test_sigterm_under_load_through_nginx_fails_nothing_and_a_restart_converges(fleet):
+    # REST: nginx resends what a stopping replica did not answer. gRPC is left out here: a call
+    # reaching a replica in the very millisecond its gRPC server stops is cancelled by grpc.aio,
+    # and nginx cannot resend gRPC calls (docs/fleet.md); test_shutdown.py checks that every
+    # gRPC call in flight at SIGTERM finishes.
     serving = current(fleet)
     victim = fleet.replicas[2]
-    with Traffic(fleet.nginx.url, fleet.nginx.grpc_target, rest_threads=4, grpc_threads=2) as traffic:
+    with Traffic(fleet.nginx.url, rest_threads=4, grpc_threads=0) as traffic:
         traffic.wait_requests(100)
         victim.proc.send_signal(signal.SIGTERM)
         # Readiness fails at once; the replica keeps serving through --drain_seconds 1.
