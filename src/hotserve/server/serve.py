@@ -141,8 +141,10 @@ async def serve(opts: ServeOptions) -> None:
     started = False
     try:
         if member is not None:
-            member.start(manager, ctx.ready, lambda: sum(_in_flight(manager).values()),
-                         opts.fleet_replica_id or _default_replica_id(port, opts.worker_id))
+            replica_id = opts.fleet_replica_id or _default_replica_id(port, opts.worker_id)
+            if opts.fleet_replica_id and opts.worker_id is not None:
+                replica_id += f"-w{opts.worker_id}"  # --num_workers: each worker is a member of its own
+            member.start(manager, ctx.ready, lambda: sum(_in_flight(manager).values()), replica_id)
         if defer:
             manager.start()
             started = True
