@@ -23,7 +23,7 @@ wrk (-t N -c N, bench/wrk/fleet.lua: every request's start, end, status, X-Model
 the version the model's own output shows; the model is y = x + version) plus Python gRPC
 clients (KServe V2 ModelInfer) doing the same checks.
 
-Per phase: skew = from the flip's znode write (two-phase) or the end of the publish
+Per phase: skew = from the flip's znode write (two-phase) or the start of the publish
 (uncoordinated) to the last replica serving the new version, each replica's swap time taken
 from its own event bus; spread = first to last replica; failed requests; answers from the old
 version after the rollout reported done (output checked); flaps = a client that saw the new
@@ -448,8 +448,9 @@ COLUMNS = [("fleet", "fleet", None, "<"), ("changes", "changes", "{:d}", ">"), (
            ("flaps", "flaps", "{:d}", ">"), ("wrong", "wrong_answers", "{:d}", ">")]
 LABELS = {"two-phase": "hotserve --fleet (two-phase)", "uncoordinated": "uncoordinated (each replica swaps itself)"}
 NOTES = [
-    "skew: two-phase = the flip's znode write -> the last replica's swap; uncoordinated = the publish's end -> the last "
-    "replica's swap (each replica's Swapped event time, one clock: one machine). spread: first -> last replica's swap.",
+    "skew: two-phase = the flip's znode write (when ZooKeeper applied it: the znode's mtime) -> the last replica's swap; "
+    "uncoordinated = the publish's start (its first copy) -> the last replica's swap; each replica's Swapped event time, "
+    "one clock (one machine). spread: first -> last replica's swap. The bench's ZooKeeper skips fsync (forceSync=no).",
     "failed REST / gRPC: non-200 answers and socket errors through nginx (wrk) / failed calls (Python clients) over the "
     "whole phase (two-phase: the rollouts, the SIGTERM, the kill -9 and the rollback); the event rows count those ending "
     "between the event's start and 0.5 s after its end (the restart included). nginx resends a REST request a stopping "

@@ -55,7 +55,10 @@ class LocalZooKeeper:
             f.write(f"tickTime=500\ninitLimit=10\nsyncLimit=5\ndataDir={data}\nclientPort={self.port}\n"
                     "clientPortAddress=127.0.0.1\nadmin.enableServer=false\nmaxClientCnxns=0\n"
                     # Sessions may be as short as 1 s (tickTime x 2): tests of session loss stay quick.
-                    "minSessionTimeout=1000\n")
+                    "minSessionTimeout=1000\n"
+                    # A throwaway server in a temp dir: no fsync per write (a busy disk would
+                    # stall every write, flips included, by its fsync time).
+                    "forceSync=no\n")
         self._log = open(os.path.join(self.workdir, "zookeeper.log"), "ab")
         self.proc = subprocess.Popen(
             [self.java, "-Xmx256m", "-cp", self.classpath, "org.apache.zookeeper.server.quorum.QuorumPeerMain", cfg],

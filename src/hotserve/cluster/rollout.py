@@ -11,9 +11,9 @@ its error. A timeout aborts the same way.
 Phase 2 is one compare-and-set on the routing znode: `fleet_target` becomes the version, the
 previous one is kept prepared for `keep_previous_seconds` (a rollback within that time is one
 more write and no load). Every replica's watch fires and it swaps; the rollout waits until
-each prepared replica reports serving the version and measures the skew from the write to the
-last replica's swap (their clocks are compared, so on several machines it includes their
-offset).
+each prepared replica reports serving the version and measures the skew from the write (when
+ZooKeeper applied it: the znode's mtime) to the last replica's swap (their clocks are compared,
+so on several machines it includes their offset).
 
 One rollout of a model at a time (a ZooKeeper lock). The model's rollout record keeps the
 fleet's version history (what `--rollback` goes back to) and the highest version ever rolled
@@ -286,10 +286,22 @@ class Rollout:
             if state is not None and state.pinned is not None:
                 self.say(f"phase 2: clearing the fleet-wide pin to version {state.pinned}")
             sent = time.time()
-            if self.store.compare_and_set(new, revision) is not None:
+            written = self.store.compare_and_set(new, revision)
+            if written is not None:
                 self.say(f"phase 2: flipped the fleet to version {version} (one write)")
-                return sent
+                return self._committed_at(written, sent)
         raise zk.FleetUnavailable(f"the routing state of {self.model} kept changing under 20 attempts to flip it")
+
+    def _committed_at(self, revision: int, sent: float) -> float:
+        """When ZooKeeper applied our write (the znode's mtime, ms), so the skew does not count
+        the time this process took to send it; `sent` if another write came in meanwhile."""
+        try:
+            stat = zk.call(self.client.exists_async(self.store.path), what="read the flip's time")
+        except zk.FleetUnavailable:
+            return sent
+        if stat is None or stat.version + 1 != revision:
+            return sent
+        return stat.mtime / 1000.0
 
     def _await_flip(self, version: int, ready: list[str], flip_at: float) -> tuple[float | None, float | None, list[str]]:
         def check(members: dict[str, dict]) -> float | None:
