@@ -105,6 +105,30 @@ def test_replica_failing_phase_one_leaves_every_replica_on_the_old_version(fleet
     assert f"model m: fleet version {old}" in out and "FAILED" in out, out
 
 
+def test_min_ready_flips_without_the_failing_replica_which_stops_serving_until_it_converges(fleet):
+    import httpx
+
+    old = current(fleet)
+    bad = fleet.publish(corrupt_on=(2,))
+    fleet.wait_prepared(bad, replicas=[0, 1])
+    fleet.wait_failed(bad, 2)
+    code, result = fleet.rollout("--version", str(bad), "--min_ready", "2", "--timeout", "30")
+    assert code == 0 and result["outcome"] == "done" and result["lagging"] == ["replica-2"], result
+    assert [fleet.answer(r.url) for r in fleet.replicas[:2]] == [bad, bad]
+    # The replica without the fleet's version answers no default request (a balancer goes
+    # elsewhere) and is not ready; it never answers with the old version.
+    lagging = fleet.replicas[2]
+    assert lagging.get("/readyz")[0] == 503
+    r = httpx.post(lagging.url + "/v1/models/m:predict", json={"instances": [[0.0, 1, 2, 3]]})
+    assert r.status_code == 503, r.text
+    assert all(fleet.answer(fleet.nginx.url) == bad for _ in range(10))  # nginx skips it
+    # Back to the old version: one write, and the lagging replica serves again at once.
+    code, result = fleet.rollout("--rollback")
+    assert code == 0 and result["version"] == old, result
+    assert fleet.serving() == [old, old, old]
+    wait_for(lambda: lagging.get("/readyz")[0] == 200, 10, "the lagging replica to be ready again")
+
+
 def test_rollback_flips_back_to_the_still_loaded_version(fleet):
     before = current(fleet)
     new = fleet.publish()
