@@ -104,6 +104,7 @@ def test_two_models_from_one_config_file(fmt, tmp_path, start_server):
     server = start_server(None, "--model_config_file", str(path))
     wait_state(server, 3, "AVAILABLE", model="a")
     wait_state(server, 2, "AVAILABLE", model="b")
+    wait_state(server, 1, "AVAILABLE", model="b")  # policy all: the older version loads after the newest
     assert set(status(server, "a")) == {1, 3}  # specific {1, 3}: version 2 never loaded
     assert set(status(server, "b")) == {1, 2}  # all
     with httpx.Client() as c:

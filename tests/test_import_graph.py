@@ -15,11 +15,13 @@ PACKAGE = "hotserve"
 FORBIDDEN = {
     "observability": {"core", "repository", "runtimes", "batching", "protocols", "server", "learning", "compress",
                       "cluster"},
-    "repository": {"core", "runtimes", "batching", "protocols", "server"},
-    "runtimes": {"core", "repository", "batching", "protocols", "server"},
-    "batching": {"core", "protocols", "server"},
-    "core": {"protocols", "server"},
-    "protocols": {"server"},
+    "repository": {"core", "runtimes", "batching", "protocols", "server", "cluster"},
+    "runtimes": {"core", "repository", "batching", "protocols", "server", "cluster"},
+    "batching": {"core", "protocols", "server", "cluster"},
+    "core": {"protocols", "server", "cluster"},
+    "protocols": {"server", "cluster"},
+    # A fleet uses core's and repository's public interfaces like any user; the server wires it in.
+    "cluster": {"server", "protocols", "runtimes", "batching"},
 }
 
 

@@ -39,6 +39,8 @@ def _print_routing(r: dict) -> None:
         print(f"  canary version {canary['version']} at {canary['weight']:g}%")
     if r.get("pinned") is not None:
         print(f"  pinned to version {r['pinned']} (new versions wait; clear with: hotserve pin {r['model']} --clear)")
+    if r.get("fleet_target") is not None:
+        print(f"  fleet version {r['fleet_target']} (set by hotserve rollout); prepared, not routed: {r.get('prepared', [])}")
     if r.get("rolled_back"):
         print(f"  rolled back (kept out until their directories change): {r['rolled_back']}")
 

@@ -173,6 +173,17 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
           help="trace every model request with OpenTelemetry and export the spans over OTLP/HTTP to URL "
                "(e.g. http://collector:4318); the standard OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT variables also turn it "
                "on. Needs the otel extra: pip install 'hotserve[otel]'")
+    _flag(p, "fleet", default=None, metavar="zk://HOST:PORT/PATH",
+          help="join a fleet coordinated through ZooKeeper (the `fleet` extra): register this replica, keep routing "
+               "intent (labels, pins, canary, rollbacks) fleet-wide, serve the fleet's version; new versions are "
+               "prepared and served once `hotserve rollout` flips the fleet (docs/fleet.md)")
+    _flag(p, "fleet_auto_rollout", type=_bool, default=False, nargs="?", const=True, metavar="BOOL",
+          help="with --fleet: roll out each new complete version by itself (two phases all the same)")
+    _flag(p, "fleet_replica_id", default=None, metavar="ID",
+          help="with --fleet: this replica's name in the fleet (default: hostname-restport)")
+    _flag(p, "drain_seconds", type=_non_negative(float), default=0.0, metavar="S",
+          help="on SIGTERM: fail readiness at once and keep serving this long so balancers stop sending, then stop "
+               "accepting, finish in-flight requests and exit 0 (default 0)")
     _flag(p, "log_level", default="info", choices=["debug", "info", "warning", "error"], help="default info")
     _flag(p, "log_format", default="text", choices=["text", "json"], help="text, or one JSON object per line")
 
@@ -273,6 +284,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.num_workers < 1:
         print(f"hotserve serve: --num_workers must be >= 1, got {args.num_workers}", file=sys.stderr)
         return 2
+    if args.fleet:
+        from hotserve.cluster.zk import FleetAddress
+
+        try:
+            FleetAddress.parse(args.fleet)
+        except ValueError as exc:
+            print(f"hotserve serve: {exc}", file=sys.stderr)
+            return 2
+    elif args.fleet_auto_rollout:
+        print("hotserve serve: --fleet_auto_rollout needs --fleet zk://host:port/path", file=sys.stderr)
+        return 2
     if args.num_workers > 1 and args.worker_id is None:
         from hotserve.server.workers import Supervisor
 
@@ -320,9 +342,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         feedback_retention=retention,
         prediction_log_queue=max(1, args.prediction_log_queue_size),
         otel_endpoint=args.otel_exporter_otlp_endpoint,
+        fleet=args.fleet,
+        fleet_auto_rollout=args.fleet_auto_rollout,
+        fleet_replica_id=args.fleet_replica_id,
+        drain_seconds=args.drain_seconds,
     )
+    from hotserve.repository.storage import StorageUnavailable
+
     try:
         return run(opts)
+    except StorageUnavailable as exc:  # --fleet: ZooKeeper not reachable at start
+        print(f"hotserve serve: {exc}; a fleet replica must learn the fleet's versions before it serves", file=sys.stderr)
+        return 1
     except (OSError, ValueError) as exc:
         print(f"hotserve serve: {exc}", file=sys.stderr)
         return 1
@@ -450,11 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     from hotserve.admin_client import add_commands
+    from hotserve.cluster.cli import add_commands as add_fleet_commands
 
     add_commands(sub)
     from hotserve.learning.cli import add_commands as add_learning_commands
 
     add_learning_commands(sub, _flag, _non_negative)
+    add_fleet_commands(sub)
     return parser
 
 

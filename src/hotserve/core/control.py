@@ -26,6 +26,8 @@ def routing(mm: ModelManager) -> dict:
         "pinned": st.pinned,
         "canary": {"version": t.canary.version, "weight": t.canary_weight} if t.canary else None,
         "rolled_back": sorted(st.rolled_back),
+        "fleet_target": st.fleet_target,
+        "prepared": sorted(v for v in mm.loaded_versions() if v not in t.versions),
         "inference_threading": "event loop (small requests)" if mm.inline_ok else "worker pool",
     }
 

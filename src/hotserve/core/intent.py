@@ -10,6 +10,7 @@ combined here into the planner's Intent.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Callable
 
 from hotserve.core.config import CanaryConfig, ModelConfig
@@ -21,8 +22,10 @@ from hotserve.repository.storage import StorageUnavailable
 
 
 class IntentKeeper:
-    def __init__(self, model: str, config: ModelConfig, store: RoutingStore, bus: EventBus = BUS) -> None:
+    def __init__(self, model: str, config: ModelConfig, store: RoutingStore, bus: EventBus = BUS,
+                 fleet: bool = False) -> None:
         self.model = model
+        self.fleet = fleet  # a fleet's replica: the fleet's target decides what serves
         self.store = store
         self.bus = bus
         self._lock = threading.Lock()
@@ -55,7 +58,16 @@ class IntentKeeper:
             canary_weight=self.canary_weight(),
             auto_canary=bool(cfg.canary and cfg.canary.auto),
             unloaded=st.unloaded,
+            fleet=self.fleet,
+            fleet_target=st.fleet_target,
+            prepare=frozenset(st.prepare) | frozenset(v for v, until in st.keep.items() if until > time.time()),
         )
+
+    def wake_in(self) -> float | None:
+        """Seconds until a kept version's time runs out (the plan changes then), or None."""
+        now = time.time()
+        left = [until - now for until in self.state.keep.values() if until > now]
+        return min(left) if left else None
 
     def change(self, fn: Callable[[RoutingState], RoutingState], source: str, action: str,
                version: int | None = None) -> RoutingState:

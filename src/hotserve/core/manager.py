@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 from hotserve.core.canary_controller import CanaryController
 from hotserve.core.config import ModelConfig
@@ -23,6 +24,7 @@ from hotserve.core.model_manager import ManagerOptions, ModelManager
 from hotserve.errors import NotFound, Unavailable, clip
 from hotserve.observability.events import BUS, EventBus, ModelAdded, ModelRemoved
 from hotserve.repository import cache
+from hotserve.repository.routing_store import RoutingStore
 from hotserve.repository.storage import normalize_base_path
 
 __all__ = ["Manager", "ManagerOptions", "ModelManager"]
@@ -32,9 +34,13 @@ log = logging.getLogger("hotserve.manager")
 
 class Manager:
     def __init__(self, configs: list[ModelConfig], options: ManagerOptions | None = None,
-                 decoder: RequestDecoder | None = None, gates: GatePipeline | None = None, bus: EventBus = BUS) -> None:
+                 decoder: RequestDecoder | None = None, gates: GatePipeline | None = None, bus: EventBus = BUS,
+                 store_factory: Callable[[ModelConfig], RoutingStore] | None = None) -> None:
         self.options = options or ManagerOptions()
         self.bus = bus
+        # Where each model's routing intent lives: None is the file beside its versions; a
+        # fleet passes ZooKeeper's (cluster/).
+        self.store_factory = store_factory
         names = [c.name for c in configs]
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
@@ -54,7 +60,9 @@ class Manager:
         self._analysis = threading.Thread(target=self._analyze_loop, name="canary-analysis", daemon=True)
 
     def _new(self, config: ModelConfig) -> ModelManager:
-        mm = ModelManager(config, self.options, self._load_pool, self._unload_pool, self.budget, self.gates, bus=self.bus)
+        store = self.store_factory(config) if self.store_factory is not None else None
+        mm = ModelManager(config, self.options, self._load_pool, self._unload_pool, self.budget, self.gates, store,
+                          self.bus)
         self.bus.publish(ModelAdded(mm.name, mm.base_path))
         return mm
 

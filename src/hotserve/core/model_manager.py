@@ -71,6 +71,8 @@ class ManagerOptions:
     model_cache_keep_unused: int = 2
     max_concurrent_downloads: int = 2
     load_jitter_seconds: float = 0.0
+    # A fleet's replica (--fleet): what serves is the fleet's version (cluster/), not the policy's.
+    fleet: bool = False
 
 
 def make_batcher(name: str, config: ModelConfig, default: BatchingParameters | None) -> Batcher | None:
@@ -101,7 +103,7 @@ class ModelManager:
         self.book = VersionBook(self.name, bus)
         # The routing state file is re-read only when the scanner's listing shows it changed.
         store = store or FileRoutingStore(self.storage, self.base_path, listed=lambda: self.scanner.top_level)
-        self.intent = IntentKeeper(self.name, config, store, bus)
+        self.intent = IntentKeeper(self.name, config, store, bus, fleet=options.fleet)
         self.loader = VersionLoader(self.name, self.storage, self.book, load_pool, budget, gates, options.runtime,
                                     options.memory_policy, bus)
         self.batcher = make_batcher(self.name, config, options.batching)
@@ -119,6 +121,7 @@ class ModelManager:
         self._unreadable: dict[int, str] = {}
         self._pending: ScanResult | None = None
         self._last_scan = ScanResult(complete={})
+        self._scanned = False  # no reconcile before the first scan: an empty scan is not the repository
         self._reconciles = 0
         self._cv = threading.Condition()
         self._stopping = False
@@ -203,6 +206,7 @@ class ModelManager:
     # -- repository and store events ---------------------------------------------------------
     def _on_scan(self, result: ScanResult) -> None:
         with self._cv:
+            self._scanned = True
             self._pending = result
             self._idle.clear()
             self._cv.notify()
@@ -235,7 +239,11 @@ class ModelManager:
             with self._cv:
                 while self._pending is None and not self._stopping:
                     self._idle.set()
-                    self._cv.wait()
+                    # A version kept loaded for a while (a fleet's previous version) is let go
+                    # when its time is up: plan again then.
+                    wake = self.intent.wake_in()
+                    if not self._cv.wait(wake) and wake is not None and self._pending is None and self._scanned:
+                        self._pending = self._last_scan
                 if self._stopping:
                     return
                 scan, self._pending = self._pending, None
@@ -252,7 +260,7 @@ class ModelManager:
         """Reconcile again with the last scan (intent changed); returns the count to wait past."""
         with self._cv:
             seen = self._reconciles
-            if self._pending is None:
+            if self._pending is None and self._scanned:
                 self._pending = self._last_scan
             self._idle.clear()
             self._cv.notify_all()
@@ -264,6 +272,7 @@ class ModelManager:
         scan = self.watcher.scan_now()
         with self._cv:
             seen = self._reconciles
+            self._scanned = True
             self._pending = scan
             self._idle.clear()
             self._cv.notify_all()

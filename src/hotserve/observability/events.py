@@ -280,7 +280,7 @@ class RoutingChanged(Event):
     version: int | None = None
 
     def summary(self) -> str:
-        who = "another worker" if self.source == "peer" else self.source
+        who = "another worker, fleet replica or the CLI" if self.source == "peer" else self.source
         return f"model {self.model}: routing changed by {who} ({self.action}): labels {self.labels}, pinned {self.pinned}"
 
 
@@ -444,6 +444,55 @@ class LearnedVersionServed(Event):
     def summary(self) -> str:
         return (f"model {self.model} version {self.version}: serving labels up to watermark {self.watermark}, "
                 f"{self.freshness_seconds:.3f}s after the newest arrived ({self.oldest_label_seconds:.3f}s after the oldest)")
+
+
+@dataclass(frozen=True)
+class FleetMembership(Event):
+    """This replica's standing in its fleet (cluster/): registered, ZooKeeper connection
+    suspended / lost / back, deregistered. Serving never depends on it."""
+
+    kind: ClassVar[str] = "fleet"
+    replica: str = ""
+    state: str = ""  # registered | connected | suspended | lost | deregistered
+    message: str = ""
+
+    @property
+    def level(self) -> int:  # type: ignore[override]
+        return logging.WARNING if self.state in ("suspended", "lost") else logging.INFO
+
+    def summary(self) -> str:
+        return f"fleet replica {self.replica}: {self.state}" + (f" ({self.message})" if self.message else "")
+
+
+@dataclass(frozen=True)
+class Draining(Event):
+    """SIGTERM: readiness fails now; requests are still served for `seconds`, then the server
+    stops accepting, finishes what is in flight and exits."""
+
+    kind: ClassVar[str] = "draining"
+    level: ClassVar[int] = logging.WARNING
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (f"draining: readiness off, still serving for {self.seconds:g}s, then finishing in-flight "
+                "requests and exiting")
+
+
+@dataclass(frozen=True)
+class FleetRollout(Event):
+    """A fleet rollout run by this replica (--fleet_auto_rollout): its phases and outcome."""
+
+    kind: ClassVar[str] = "fleet_rollout"
+    version: int | None = None
+    phase: str = ""  # progress | done | aborted | skipped | unchanged
+    message: str = ""
+
+    @property
+    def level(self) -> int:  # type: ignore[override]
+        return logging.ERROR if self.phase == "aborted" else logging.INFO
+
+    def summary(self) -> str:
+        return f"model {self.model}: fleet rollout of version {self.version}: {self.phase}: {self.message}"
 
 
 def subscribe_logging(bus: EventBus = BUS, logger: logging.Logger | None = None) -> Callable[[], None]:

@@ -300,6 +300,12 @@ EVENTS = REGISTRY.add(Counter(
     "hotserve_events_total",
     "Events on the event bus by kind (every kind, including learning and delta events; see docs/observability.md).",
     ("model", "event")))
+FLEET_CONNECTED = REGISTRY.add(Gauge("hotserve_fleet_connected",
+                                     "1 while this replica is connected to its fleet's ZooKeeper (--fleet).", ()))
+FLEET_ROLLOUTS = REGISTRY.add(Counter("hotserve_fleet_rollouts_total",
+                                      "Fleet rollouts run by this replica (--fleet_auto_rollout) by outcome.",
+                                      ("model", "outcome")))
+DRAINING = REGISTRY.add(Gauge("hotserve_draining", "1 once SIGTERM started the drain (readiness off).", ()))
 
 
 PROCESS_RSS = REGISTRY.add(Gauge("hotserve_process_resident_memory_bytes",
@@ -444,6 +450,14 @@ def _on_event(record: events.Record) -> None:
     elif isinstance(ev, events.ModelRemoved):
         DEFAULT_VERSION.remove((ev.model,))
         ROUTE_WEIGHT.remove_where(ev.model)
+    elif isinstance(ev, events.FleetMembership):
+        if ev.state in ("registered", "connected", "suspended", "lost"):
+            FLEET_CONNECTED.set((), 1.0 if ev.state in ("registered", "connected") else 0.0)
+    elif isinstance(ev, events.FleetRollout):
+        if ev.phase in ("done", "aborted"):
+            FLEET_ROLLOUTS.inc((ev.model, ev.phase))
+    elif isinstance(ev, events.Draining):
+        DRAINING.set((), 1.0)
 
 
 def subscribe(bus: events.EventBus = events.BUS):

@@ -1,5 +1,6 @@
-"""Routing intent (labels, pin, rolled-back versions, canary weight, unloaded), kept where every
-server of a model can read it, with watch and compare-and-set.
+"""Routing intent (labels, pin, rolled-back versions, canary weight, unloaded; in a fleet also the
+fleet's serving version and the versions to prepare), kept where every server of a model can
+read it, with watch and compare-and-set.
 
 Operators, config reloads and canary analysis change routing intent; the planner turns it into
 route tables. Keeping it in the repository (a file beside the versions, through Storage) makes
@@ -38,6 +39,10 @@ class RoutingState:
     rolled_back: dict[int, tuple] = field(default_factory=dict)
     canary_weight: float | None = None  # None: the config's weight
     unloaded: bool = False  # an operator unloaded the model (Triton repository API)
+    # A fleet's rollout state (written by cluster/rollout.py, read by every replica):
+    fleet_target: int | None = None  # the version the fleet serves by default
+    prepare: tuple[int, ...] = ()  # versions every replica loads without routing (rollout phase 1)
+    keep: dict[int, float] = field(default_factory=dict)  # version -> unix time it stays prepared until
 
     def with_changes(self, **kw) -> "RoutingState":
         return replace(self, **kw)
@@ -59,6 +64,9 @@ def encode_state(state: RoutingState, revision: int) -> bytes:
         "rolled_back": {str(v): _fp_to_json(fp) for v, fp in state.rolled_back.items()},
         "canary_weight": state.canary_weight,
         "unloaded": state.unloaded,
+        "fleet_target": state.fleet_target,
+        "prepare": list(state.prepare),
+        "keep": {str(v): until for v, until in state.keep.items()},
     }
     return json.dumps(doc, indent=1).encode()
 
@@ -71,6 +79,9 @@ def decode_state(raw: bytes) -> tuple[RoutingState, int]:
         rolled_back={int(k): _fp_from_json(v) for k, v in doc.get("rolled_back", {}).items()},
         canary_weight=doc.get("canary_weight"),
         unloaded=bool(doc.get("unloaded", False)),
+        fleet_target=None if doc.get("fleet_target") is None else int(doc["fleet_target"]),
+        prepare=tuple(int(v) for v in doc.get("prepare", ())),
+        keep={int(k): float(v) for k, v in doc.get("keep", {}).items()},
     )
     return state, int(doc.get("revision", 0))
 

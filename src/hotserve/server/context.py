@@ -26,6 +26,13 @@ class ServerContext:
     learning: Any = None  # learning.service.LearningService when a feedback store is configured
     worker: str = "0"  # this process's worker id (--num_workers), for the dashboard
     peers: Any = None  # server.peers.Peers with --num_workers: the siblings a scrape or the dashboard asks
+    # Set on SIGTERM: readiness fails at once while requests are still served (--drain_seconds).
+    draining: bool = False
+
+    def ready(self) -> bool:
+        """Readiness (/readyz, /v2/health/ready, gRPC health '', a fleet member's `ready`): every
+        model has an available version, none is degraded, and the server is not draining."""
+        return not self.draining and self.manager.ready() and not self.frame.lanes.degraded()
 
     async def blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a management call in the worker pool: each carries its own, longer bound (a

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Callable
 
 import grpc
 
@@ -26,16 +27,17 @@ class _Health:
     """grpc.health.v1 answered from live state: '' is the server's readiness, '<model>' that
     model's. Computing it per call means it can never lag behind the manager."""
 
-    def __init__(self, manager: Manager) -> None:
+    def __init__(self, manager: Manager, ready: Callable[[], bool] | None = None) -> None:
         from grpc_health.v1 import health_pb2
 
         self.manager = manager
+        self.ready = ready or manager.ready
         self.pb = health_pb2
 
     def _status(self, service: str) -> int:
         resp = self.pb.HealthCheckResponse
         if service == "":
-            return resp.SERVING if self.manager.ready() else resp.NOT_SERVING
+            return resp.SERVING if self.ready() else resp.NOT_SERVING
         mm = self.manager.models.get(service)
         if mm is None:
             return resp.SERVICE_UNKNOWN
@@ -85,7 +87,7 @@ class GrpcServer:
             ]
         )
         self.server.add_generic_rpc_handlers(grpc_tfserving.handlers(self.ctx) + grpc_v2.handlers(self.ctx))
-        self.server.add_generic_rpc_handlers([_Health(self.ctx.manager).handler()])
+        self.server.add_generic_rpc_handlers([_Health(self.ctx.manager, self.ctx.ready).handler()])
         host = f"[{self.host}]" if ":" in self.host else self.host
         bound = self.server.add_insecure_port(f"{host}:{self.port}")
         if bound == 0:

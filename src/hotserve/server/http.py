@@ -74,16 +74,18 @@ class Request:
 
 
 class Response:
-    """What a handler answers: status, headers (each (name, value) bytes), and a body or a stream."""
+    """What a handler answers: status, headers (each (name, value) bytes), and a body or a
+    stream; `close` ends the connection after it (a draining server)."""
 
-    __slots__ = ("status", "headers", "body", "stream")
+    __slots__ = ("status", "headers", "body", "stream", "close")
 
     def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"",
-                 stream: AsyncIterator[bytes] | None = None) -> None:
+                 stream: AsyncIterator[bytes] | None = None, close: bool = False) -> None:
         self.status = status
         self.headers = headers
         self.body = body
         self.stream = stream
+        self.close = close
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -275,7 +277,7 @@ class HttpProtocol(asyncio.Protocol):
                     log.exception("unhandled error on %s %s", request.method, request.path)
                     response = Response(500, [(b"content-type", b"application/json")],
                                         self.error_body(500, f"internal error: {type(exc).__name__}: {exc}"))
-                keep = request.keep_alive and not self.closing
+                keep = request.keep_alive and not self.closing and not response.close
                 await self._write(request, response, keep)
                 if not keep:
                     self.closing = True

@@ -63,7 +63,9 @@ class RestApp:
         headers = reply.headers or [JSON]
         if reply.version is not None:
             headers.append((_VERSION_HEADER, reply.version.encode()))
-        return Response(reply.status, headers, reply.body, reply.stream)
+        # Shutting down: a balancer's kept-alive connection closes after this answer, so its next
+        # request opens a new one (to another replica once this one stops accepting).
+        return Response(reply.status, headers, reply.body, reply.stream, close=self.ctx.draining)
 
     async def _dispatch(self, request: Request) -> Reply:
         path = request.path
@@ -95,11 +97,12 @@ class RestApp:
         )
 
     def _ready(self) -> Reply:
-        """200 once every model has an available version and none is degraded (its calls hang)."""
+        """200 once every model has an available version, none is degraded (its calls hang), and
+        the server is not draining (SIGTERM)."""
         degraded = self.ctx.frame.lanes.degraded()
         models = {name: mm.is_ready() and name not in degraded for name, mm in self.manager.models.items()}
-        ready = self.manager.ready() and not degraded
-        doc = {"ready": ready, "models": models}
+        ready = self.ctx.ready()
+        doc = {"ready": ready, "models": models, **({"draining": True} if self.ctx.draining else {})}
         if degraded:
             doc["degraded"] = degraded
         return Reply(200 if ready else 503, orjson.dumps(doc))
