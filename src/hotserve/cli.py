@@ -305,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hotserve.admin_client import add_commands
 
     add_commands(sub)
+    from hotserve.compress.cli import add_commands as add_compress_commands
+
+    add_compress_commands(sub)
     return parser
 
 
