@@ -11,7 +11,6 @@ with a --min_speedup no variant can reach, and the message must carry the measur
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -308,9 +307,16 @@ def test_publish_canary_through_the_management_api(mlp, tmp_path, start_server, 
     mlp_onnx, npz, _, _ = mlp
     base = _repo_with(mlp_onnx, tmp_path)
     server = start_server(base, "--admin_token", TOKEN)
-    code = main(["optimize", "--model_base_path", base, "--eval", npz, "--quantize", "dynamic", "--runs", "10",
-                 "--max_metric_drop", "0.05", "--min_speedup", "0.000001", "--publish", "--canary", "10",
-                 "--url", server.url, "--token", TOKEN, "--model_name", "m"])
+    args = ["optimize", "--model_base_path", base, "--eval", npz, "--quantize", "dynamic", "--runs", "10",
+            "--max_metric_drop", "0.05", "--min_speedup", "0.000001", "--publish", "--canary", "10",
+            "--url", server.url, "--model_name", "m"]
+    # A refused management call comes before the commit: nothing is published.
+    assert main([*args, "--token", "wrong"]) == 1
+    err = capsys.readouterr().err
+    assert "HTTP 401" in err and "nothing was published" in err, err
+    assert _versions(base) == [1]
+
+    code = main([*args, "--token", TOKEN])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "published 2 at" in out and "version 2 is the canary at 10% beside stable version 1" in out

@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(sub)
     from hotserve.compress.cli import add_commands as add_compress_commands
 
-    add_compress_commands(sub)
+    add_compress_commands(sub, _flag, _non_negative)
     return parser
 
 

@@ -1,11 +1,14 @@
 """`hotserve optimize`, registered by cli.build_parser through add_commands (like the admin
-client's commands). Heavy imports (onnx, onnxruntime.quantization, torch) wait until it runs."""
+client's commands), which hands over its flag helpers so the spellings and checks match
+`serve`'s without this module importing hotserve.cli back. Heavy imports (onnx, onnxruntime.quantization,
+torch) wait until the command runs."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from typing import Callable
 
 
 def _ratio(text: str) -> float:
@@ -15,9 +18,12 @@ def _ratio(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
 
 
-def add_commands(sub) -> None:
-    from hotserve.cli import _flag, _non_negative
+def add_commands(sub, _flag: Callable[..., None], _non_negative: Callable[[type], Callable[[str], float]]) -> None:
+    """Add `optimize` to the subcommands with the serve command's flag helpers: _flag(parser,
+    name, **kw) adds --name and --na-me, _non_negative(int|float) parses a number >= 0."""
     from hotserve.server.auth import ENV_VAR
+
+    _count, _non_negative_float = _non_negative(int), _non_negative(float)
 
     p = sub.add_parser(
         "optimize", help="build compressed variants of a version, measure and gate them, publish the best",
@@ -27,7 +33,7 @@ def add_commands(sub) -> None:
                     "--max_metric_drop and its speedup is at least --min_speedup; --publish publishes the fastest "
                     "passing variant (exit 1 when none passes, nothing published).")
     _flag(p, "model_base_path", required=True, help="the model's base path (holds <version>/model.onnx)")
-    _flag(p, "version", type=_non_negative(int), default=None, help="the version to compress (default: the newest)")
+    _flag(p, "version", type=_count, default=None, help="the version to compress (default: the newest)")
     _flag(p, "eval", required=True, metavar="DATA.npz",
           help="evaluation data: one array per model input plus 'label' (or 'feedback': the learning store's examples)")
     _flag(p, "quantize", choices=["dynamic", "static"], default=None, help="int8 quantization variant")
@@ -35,23 +41,23 @@ def add_commands(sub) -> None:
           help="calibration inputs for --quantize static (default: the training half of --eval)")
     _flag(p, "prune", type=_ratio, default=None, metavar="R",
           help="structured pruning: remove this share of every prunable layer's hidden units (e.g. 0.3)")
-    _flag(p, "finetune_epochs", type=_non_negative(int), default=0, metavar="N",
+    _flag(p, "finetune_epochs", type=_count, default=0, metavar="N",
           help="after --prune, fine-tune the weights N epochs on the training half of --eval (needs PyTorch)")
     _flag(p, "fp16", action="store_true", help="fp16 weights variant (inputs and outputs stay float32)")
     _flag(p, "optimize_graph", action="store_true", help="ORT offline graph optimization variant")
     _flag(p, "metric", choices=["accuracy", "auc", "logloss", "mse"], default="accuracy", help="default accuracy")
     _flag(p, "output", default=None, help="the output to score (default: the model's only output)")
-    _flag(p, "max_metric_drop", type=_non_negative(float), default=0.01,
+    _flag(p, "max_metric_drop", type=_non_negative_float, default=0.01,
           help="accuracy gate: largest allowed metric drop vs the parent (default 0.01)")
     _flag(p, "min_speedup", type=float, default=1.1,
           help="speed gate: smallest allowed p50 speedup at --batch_size (default 1.1)")
     _flag(p, "batch_size", type=int, default=32, help="the larger batch measured besides batch 1 (default 32)")
     _flag(p, "runs", type=int, default=200, help="timed runs per model and batch size (default 200)")
     p.add_argument("--tensorflow_intra_op_parallelism", "--tensorflow-intra-op-parallelism", "--intra_op_parallelism",
-                   "--intra-op-parallelism", dest="intra_op", type=_non_negative(int), default=0, metavar="N",
+                   "--intra-op-parallelism", dest="intra_op", type=_count, default=0, metavar="N",
                    help="threads per operator, as the server would use them (default 0: the runtime decides)")
     p.add_argument("--tensorflow_inter_op_parallelism", "--tensorflow-inter-op-parallelism", "--inter_op_parallelism",
-                   "--inter-op-parallelism", dest="inter_op", type=_non_negative(int), default=0, metavar="N",
+                   "--inter-op-parallelism", dest="inter_op", type=_count, default=0, metavar="N",
                    help="threads across operators, as the server would use them (default 0)")
     _flag(p, "publish", action="store_true", help="publish the fastest variant that passes both gates")
     _flag(p, "canary", type=float, default=None, metavar="N",
@@ -84,7 +90,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         print(f"hotserve optimize: {exc}", file=sys.stderr)
         return 2
     except CanaryError as exc:
-        print(f"hotserve optimize: the variant was published but could not be made a canary: {exc}", file=sys.stderr)
+        print(f"hotserve optimize: --canary: {exc}", file=sys.stderr)
         return 1
     refused = [r for r in result.variants if not r.passed]
     for r in refused:

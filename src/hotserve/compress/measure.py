@@ -47,7 +47,7 @@ def measure(servables: Mapping[str, Servable], inputs: Mapping[str, np.ndarray],
     feeds = {b: batch_of(inputs, b) for b in batches}
     samples: dict[str, dict[int, list[float]]] = {n: {b: [] for b in batches} for n in servables}
     per_round = max(1, runs // rounds)
-    for name, s in servables.items():
+    for s in servables.values():
         for b in batches:
             for _ in range(WARMUP_RUNS):
                 s.predict(feeds[b])

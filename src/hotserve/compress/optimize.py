@@ -153,7 +153,6 @@ def _sha256(path: str) -> str:
 @dataclass
 class _Ctx:
     opts: Options
-    sig_inputs: list[str]
     output: str
     train: tuple[dict, np.ndarray] | None
     calibration: tuple[dict, str] | None  # (inputs, where they came from)
@@ -294,7 +293,7 @@ def run(opts: Options, say: Callable[[str], None] = print) -> Result:
                 calibration = (cal_inputs, os.path.basename(opts.calibration))
             else:
                 calibration = (train[0], "training half of --eval")
-        ctx = _Ctx(opts, list(sig.inputs), output, train, calibration)
+        ctx = _Ctx(opts, output, train, calibration)
         work = opts.workdir or tempfile.mkdtemp(prefix="hotserve-optimize-")
         os.makedirs(work, exist_ok=True)
         try:

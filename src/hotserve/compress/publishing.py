@@ -34,13 +34,35 @@ class Published:
     canary: dict | None  # {"version", "weight", "stable", "via"}
 
 
-def _admin(url: str, token: str | None, method: str, path: str, body: dict | None = None) -> dict:
+def _admin(url: str, token: str | None, method: str, path: str, body: dict | None = None, after: str = "") -> dict:
     from hotserve.admin_client import call
 
     try:
         return call(url, token, method, path, body)
     except SystemExit as exc:  # the admin client reports HTTP and connection errors this way
-        raise CanaryError(str(exc.code)) from None
+        raise CanaryError(f"{exc.code}{after}") from None
+
+
+def _wait_seen(url: str, model: str, version: int, timeout: float = 60.0) -> None:
+    """Wait (bounded) until the server's watcher has seen the committed version: the canary
+    call only accepts versions the server knows to be complete."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url.rstrip('/')}/v1/models/{model}/versions/{version}", timeout=10):
+                return
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                return  # the canary call will say what is wrong
+        except urllib.error.URLError as exc:
+            raise CanaryError(f"cannot reach {url}: {exc.reason}") from None
+        if time.monotonic() > deadline:
+            raise CanaryError(f"the server at {url} did not see version {version} within {timeout:g}s")
+        time.sleep(0.05)
 
 
 def publish_variant(variant_dir: str, base_path: str, lineage: dict, parent: int, canary: float | None = None,
@@ -55,9 +77,11 @@ def publish_variant(variant_dir: str, base_path: str, lineage: dict, parent: int
     info = None
     try:
         if canary is not None and url:
-            routing = _admin(url, token, "GET", f"/v1/admin/models/{model_name}")
+            nothing = "; nothing was published"
+            routing = _admin(url, token, "GET", f"/v1/admin/models/{model_name}", after=nothing)
             stable = routing.get("labels", {}).get("stable") or routing.get("default_version") or parent
-            _admin(url, token, "POST", f"/v1/admin/models/{model_name}/labels", {"labels": {"stable": stable}})
+            _admin(url, token, "POST", f"/v1/admin/models/{model_name}/labels", {"labels": {"stable": stable}},
+                   after=nothing)
             info = {"version": version, "weight": canary, "stable": stable, "via": f"management API at {url}"}
         elif canary is not None:
             store = FileRoutingStore(storage, base_path)
@@ -75,5 +99,7 @@ def publish_variant(variant_dir: str, base_path: str, lineage: dict, parent: int
         raise
     path = commit(staged)
     if canary is not None and url:
-        _admin(url, token, "POST", f"/v1/admin/models/{model_name}/canary", {"version": version, "weight": canary})
+        _wait_seen(url, model_name, version)
+        _admin(url, token, "POST", f"/v1/admin/models/{model_name}/canary", {"version": version, "weight": canary},
+               after=f"; version {version} was published at {path} but is not the canary (version {stable} serves)")
     return Published(version, path, info)
