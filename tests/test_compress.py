@@ -43,6 +43,7 @@ QUIET = dict(runs=10)  # few timed runs: these tests check behaviour, never spee
 def mlp(tmp_path_factory):
     """(parent model.onnx, eval.npz, split, torch module) for a digits MLP 64-128-128-10."""
     d = tmp_path_factory.mktemp("mlp")
+    torch.set_num_threads(1)  # these small models train faster on one thread, and leave the other core alone
     split = ex.digits()
     model = ex.train_mlp(split, hidden=(128, 128), epochs=20)
     path = ex.export_mlp(model, str(d / "parent" / "model.onnx"))
