@@ -357,7 +357,7 @@ def test_publish_canary_through_the_routing_store(mlp, tmp_path, start_server, c
     assert r["default_version"] == 1 and r["canary"] == {"version": 2, "weight": 10.0}
     # The variant never served as the default: every route the server published had version 1 as default.
     events = httpx.get(f"{server.url}/v1/events?after=0&kind=swap&model=m", timeout=10).json()["events"]
-    assert events and all(e.get("default") in (None, 1) for e in events), events
+    assert events and all(e.get("default") in (None, 1) for e in events), [e["message"] for e in events]
     assert manifest.read(os.path.join(base, "2"))["lineage"]["passes"][1]["pass"] == "finetune"
 
 

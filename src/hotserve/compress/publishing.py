@@ -8,9 +8,9 @@ version is committed:
   version serving now, commit the variant, then `canary` = variant at N% (the server answers
   once the variant passed its gates and is AVAILABLE, or says why it did not load);
 - without one: the routing intent (labels stable and canary, canary weight N) is written
-  through the repository's RoutingStore, then the version is committed. A server watching the
-  repository reads that intent in the same watcher cycle that discovers the version; one
-  started later reads it at start.
+  through the repository's RoutingStore, then the version is committed. A server's watcher
+  checks the routing store before it hands a new scan on (repository/watcher.py), so it adopts
+  that intent before it acts on the version; one started later reads it at start.
 """
 
 from __future__ import annotations
