@@ -324,6 +324,8 @@ def test_publish_canary_through_the_management_api(mlp, tmp_path, start_server, 
     r = _routing(server)
     assert r["canary"] == {"version": 2, "weight": 10.0} and r["default_version"] == 1, r
     assert r["labels"] == {"canary": 2, "stable": 1}
+    events = httpx.get(f"{server.url}/v1/events?after=0&kind=swap&model=m", timeout=10).json()["events"]
+    assert events and all(e.get("default") in (None, 1) for e in events), [e["message"] for e in events]
 
     lineage = manifest.read(os.path.join(base, "2"))["lineage"]
     assert lineage["parent_version"] == 1 and lineage["variant"] == "int8-dynamic"
