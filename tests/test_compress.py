@@ -288,7 +288,7 @@ def test_bad_requests_say_what_is_wrong(mlp, tmp_path, capsys):
         (["--eval", npz, "--prune", "1.5"], "between 0 and 1"),
         (["--eval", npz, "--quantize", "dynamic", "--version", "9"], "has no version 9; versions: [1]"),
         (["--eval", str(tmp_path / "nolabel.npz"), "--fp16"], "has no 'label' array"),
-        (["--eval", "feedback", "--fp16"], "not available until the learning store lands"),
+        (["--eval", "feedback", "--fp16"], "--eval feedback is not available yet"),
         (["--eval", npz, "--fp16", "--output", "nope"], "has no output 'nope'"),
     ]
     for args, fragment in cases:

@@ -120,13 +120,11 @@ def _resolve_version(base: str, version: int | None) -> tuple[str, int]:
 
 def _load_eval(path: str) -> dict[str, np.ndarray]:
     if path == "feedback":
-        import importlib.util
-
-        if importlib.util.find_spec("hotserve.learning") is None:
-            raise OptimizeError("--eval feedback takes the learning store's labelled examples, which are not available "
-                                "until the learning store lands in this build; give an .npz file (one array per model "
-                                "input plus 'label')")
-        raise OptimizeError("--eval feedback is not wired to the learning store yet; give an .npz file")
+        # The learning store (hotserve.learning) is built on another branch; until its labelled
+        # examples are wired in here, say so rather than guess at its interface.
+        raise OptimizeError("--eval feedback is not available yet: it needs the learning store's labelled examples "
+                            "(hotserve.learning), which this build does not wire in; give an .npz file (one array per "
+                            "model input plus 'label')")
     try:
         return accuracy.load_npz(path)
     except HotserveError as exc:
