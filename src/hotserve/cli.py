@@ -484,10 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
     from hotserve.cluster.cli import add_commands as add_fleet_commands
 
     add_commands(sub)
+    from hotserve.compress.cli import add_commands as add_compress_commands
     from hotserve.learning.cli import add_commands as add_learning_commands
 
     add_learning_commands(sub, _flag, _non_negative)
     add_fleet_commands(sub)
+    add_compress_commands(sub, _flag, _non_negative)
     return parser
 
 

@@ -126,7 +126,8 @@ class VersionLoader:
         rss0 = rss_of()
         local = self.storage.local_dir(info.path)  # remote: downloaded and verified into the cache
         try:
-            ctx = GateContext(self.model, info.version, local, info.published)
+            ctx = GateContext(self.model, info.version, local, info.published,
+                              sibling_dir=lambda v: self._sibling_dir(info, v))
             reports = self.gates.run(ctx, FILES)
             servable = load_servable(ctx.local_dir, self.runtime)
             ctx.servable = servable
@@ -139,6 +140,11 @@ class VersionLoader:
             self.storage.release_local_dir(info.path)
             raise
         return servable, max(0, rss_of() - rss0), reports
+
+    def _sibling_dir(self, info: VersionInfo, version: int) -> str:
+        """Another version's local directory (paths end in /<version> on every store); '' if absent."""
+        path = self.storage.join(info.path.rstrip("/").rsplit("/", 1)[0], str(version))
+        return self.storage.local_dir(path) if self.storage.exists(path) else ""
 
     def _fail(self, info: VersionInfo, code: Code, message: str, outcome: str, seconds: float = 0.0) -> None:
         self.book.set(info.version, VersionState.END, code, message)

@@ -169,17 +169,20 @@ class RepositoryWatcher:
                     self._in_outage = False
                     if self.on_recovered is not None:
                         self.on_recovered()
+                # Probes (the routing store's change check) run before a new scan is handed on,
+                # so routing intent written before a version was committed (hotserve optimize
+                # --canary) is adopted before that version is acted on.
+                for probe in self._probes:
+                    try:
+                        probe()
+                    except Exception:
+                        log.exception("model %s: watcher probe failed", self.scanner.model)
                 key = result.key()
                 if key != self._last_key:
                     self._last_key = key
                     self.on_scan(result)
                 if result.next_check_in is not None:
                     wait = min(wait, result.next_check_in + 0.005)
-                for probe in self._probes:
-                    try:
-                        probe()
-                    except Exception:
-                        log.exception("model %s: watcher probe failed", self.scanner.model)
             if self._wake.wait(wait):
                 time.sleep(_DEBOUNCE_SECONDS)
                 self._wake.clear()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from hotserve.errors import HotserveError, LoadError
 from hotserve.observability.events import BUS, EventBus, GateResult
@@ -32,6 +32,9 @@ class GateContext:
     manifest: dict | None = None  # parsed by the manifest gate; lineage and gate requests live here
     servable: Servable | None = None  # set for the servable stage
     extra: dict[str, Any] = field(default_factory=dict)  # what one gate leaves for a later one
+    # Another version of the same model as a local directory (e.g. the parent an accuracy gate
+    # compares with); None where the loader cannot reach siblings.
+    sibling_dir: Callable[[int], str] | None = None
 
 
 class Gate(Protocol):

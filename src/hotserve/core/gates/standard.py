@@ -1,11 +1,13 @@
 """The gates every version passes: manifest digests, validation on synthesized inputs, the
-runtime's own warm-up requests, warmup.json and golden.json."""
+runtime's own warm-up requests, warmup.json and golden.json, and the accuracy gate for versions
+whose manifest asks for it."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from hotserve.core.gates import files
+from hotserve.core.gates.accuracy import AccuracyGate
 from hotserve.core.gates.pipeline import FILES, SERVABLE, Gate, GateContext
 from hotserve.core.gates.validation import validate, warm_up
 from hotserve.repository import manifest
@@ -85,8 +87,10 @@ class GoldenFileGate(_FileGate):
 
 
 def standard_gates(decoder: files.RequestDecoder | None) -> list[Gate]:
-    """Manifest, validation, runtime warm-up, and (given a request decoder) the file gates."""
+    """Manifest, validation, runtime warm-up, (given a request decoder) the file gates, then
+    the accuracy gate (last: it is the most expensive, and only manifests asking for it run it)."""
     gates: list[Gate] = [ManifestGate(), ValidationGate(), RuntimeWarmupGate()]
     if decoder is not None:
         gates += [WarmupFileGate(decoder), GoldenFileGate(decoder)]
+    gates.append(AccuracyGate())
     return gates
