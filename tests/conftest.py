@@ -85,7 +85,9 @@ def start_server(tmp_path):
               env: dict | None = None) -> ServerProcess:
         """base=None: the flags name the models (--model_config_file)."""
         model = ["--model_name", "m", "--model_base_path", base] if base is not None else []
-        args = [*model, "--file_system_poll_wait_seconds", "0.2", "--version_settle_seconds", "0.5", *flags]
+        # One process unless a test asks for workers: the default (one per core) is tested on its own.
+        workers = [] if any(f.startswith(("--num_workers", "--num-workers")) for f in flags) else ["--num_workers", "1"]
+        args = [*model, "--file_system_poll_wait_seconds", "0.2", "--version_settle_seconds", "0.5", *workers, *flags]
         server = ServerProcess(args, str(tmp_path / f"server{len(servers)}.log"), env=env, prefix=prefix)
         servers.append(server)
         server.start()

@@ -88,7 +88,7 @@ class Fleet:
         grpc_port = int(old.grpc_target.rsplit(":", 1)[1]) if old is not None else 0
         args = ["--model_name", "m", "--model_base_path", self.bases[i], "--file_system_poll_wait_seconds", "0.2",
                 "--fleet", self.url, "--fleet_replica_id", f"replica-{i}", "--admin_token", "t", "--port",
-                str(grpc_port), *self.flags]
+                str(grpc_port), "--num_workers", "1", *self.flags]
         server = ServerProcess(args, os.path.join(self.workdir, f"replica{i}-{time.monotonic_ns()}.log"), port=rest_port)
         self.replicas[i] = server
         server.start(timeout=60)

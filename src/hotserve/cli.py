@@ -5,6 +5,8 @@ without a subcommand means `serve`, as `tensorflow_model_server --model_name=...
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
 
 
@@ -52,10 +54,12 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "rest_api_port", type=_port, default=8501, metavar="N",
           help="REST API port (default 8501; 0 picks a free port and prints it)")
     _flag(p, "host", default="0.0.0.0", help="address to listen on (default 0.0.0.0, all interfaces, like TF Serving)")
-    _flag(p, "num_workers", type=int, default=1, metavar="N",
+    _flag(p, "num_workers", type=_non_negative(int), default=0, metavar="N",
           help="serve with N processes sharing the ports (SO_REUSEPORT), each a full server with its own copy of every "
-               "model; about 1.6x the batch-1 JSON throughput of one process on 2 cores (bench/), at N x the memory")
+               "model (default 0: one per usable core, up to 4, fewer when the copies would not fit in half the "
+               "available memory; the choice is logged and shown in model metadata as serving_shape)")
     p.add_argument("--worker_id", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--serving_shape", default=None, help=argparse.SUPPRESS)  # the supervisor's choice, for status
     _flag(p, "reuse_port", type=_bool, default=False, nargs="?", const=True, metavar="BOOL",
           help="set SO_REUSEPORT on the listening sockets so several hotserve processes can share the ports "
                "(--num_workers does this for you)")
@@ -88,11 +92,11 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "version_settle_seconds", type=_non_negative(float), default=1.0, metavar="S",
           help="a version directory copied in by hand (no manifest) is loaded only after its files were unchanged this long (default 1)")
     _flag(p, "rest_api_num_threads", type=_non_negative(int), default=0, metavar="N",
-          help="threads running one model's requests at once, REST and gRPC (default 0: 4 x CPU cores); the same as "
-               "--max_concurrent_requests, under TF Serving's name")
+          help="threads running one model's requests at once, REST and gRPC (default 0: 4 x CPU cores, shared out among "
+               "the workers); the same as --max_concurrent_requests, under TF Serving's name")
     _flag(p, "max_concurrent_requests", type=_non_negative(int), default=0, metavar="N",
           help="per model: requests running at once, each model in its own threads so a slow or hung model cannot "
-               "starve others (default 0: 4 x CPU cores; a model config's max_concurrent_requests wins)")
+               "starve others (default 0: 4 x CPU cores shared out among the workers; a model config's max_concurrent_requests wins)")
     _flag(p, "max_queued_requests", type=_non_negative(int), default=128, metavar="N",
           help="per model: requests waiting for a thread; beyond it, and when the queue would outlast the timeout, "
                "requests are refused at once with 429 / RESOURCE_EXHAUSTED and Retry-After (default 128)")
@@ -123,8 +127,9 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "num_unload_threads", type=_non_negative(int), default=2, metavar="N",
           help="threads draining and unloading retired versions (default 2)")
     p.add_argument("--tensorflow_intra_op_parallelism", "--tensorflow-intra-op-parallelism", "--intra_op_parallelism",
-                   "--intra-op-parallelism", dest="intra_op", type=_non_negative(int), default=0, metavar="N",
-                   help="threads one inference may use inside an operator (default 0: the runtime decides)")
+                   "--intra-op-parallelism", dest="intra_op", type=_non_negative(int), default=None, metavar="N",
+                   help="threads one inference may use inside an operator (default: usable cores / workers, 1 when each "
+                        "core has its worker; 0: the runtime decides)")
     p.add_argument("--tensorflow_inter_op_parallelism", "--tensorflow-inter-op-parallelism", "--inter_op_parallelism",
                    "--inter-op-parallelism", dest="inter_op", type=_non_negative(int), default=0, metavar="N",
                    help="threads one inference may use across operators (default 0: the runtime decides)")
@@ -133,10 +138,11 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "batching_parameters_file", default=None, metavar="PATH",
           help="TF Serving's BatchingParameters text proto: max_batch_size, batch_timeout_micros, max_enqueued_batches, "
                "num_batch_threads, allowed_batch_sizes, pad_variable_length_inputs (implies --enable_batching)")
-    _flag(p, "inference_threading", default="pool", choices=["pool", "auto"],
-          help="pool (default): every inference runs in the worker pool, never on the event loop. auto: a small request "
-               "(<= 16 KiB) to a model whose recent median inference is under --inline_inference_max_us runs on the "
-               "event loop, saving the thread hop (bench/: ~1.6x requests/s for sub-millisecond models)")
+    _flag(p, "inference_threading", default="auto", choices=["pool", "auto"],
+          help="auto (default): a small request (<= 16 KiB) to a model whose recent median inference is under "
+               "--inline_inference_max_us runs on the event loop, with no thread hop (ONNX and TensorFlow models; Python "
+               "models always run in their own threads, where a hang cannot stall the loop). pool: every inference runs "
+               "in its model's threads")
     _flag(p, "inline_inference_max_us", type=_non_negative(float), default=300.0, metavar="US",
           help="with --inference_threading=auto, the median inference time under which a model runs inline (default 300)")
     _flag(p, "model_cache_dir", default=None, metavar="DIR",
@@ -188,9 +194,12 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "log_format", default="text", choices=["text", "json"], help="text, or one JSON object per line")
 
 
+def shape_json(shape) -> str:
+    return json.dumps(shape.doc())
+
+
 def _admin_token(args: argparse.Namespace) -> str | None:
     """--admin_token_file, else --admin_token (which warns), else HOTSERVE_ADMIN_TOKEN."""
-    import logging
     import os
 
     from hotserve.server.auth import ENV_VAR
@@ -281,9 +290,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"hotserve serve: --admin_token_file: {exc}", file=sys.stderr)
         return 2
-    if args.num_workers < 1:
-        print(f"hotserve serve: --num_workers must be >= 1, got {args.num_workers}", file=sys.stderr)
-        return 2
+    from hotserve.server.shape import choose
+
+    shape = choose(models, args.num_workers, args.intra_op, args.inter_op, args.inference_threading,
+                   args.max_concurrent_requests or args.rest_api_num_threads)
     if args.fleet:
         from hotserve.cluster.zk import FleetAddress
 
@@ -295,11 +305,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     elif args.fleet_auto_rollout:
         print("hotserve serve: --fleet_auto_rollout needs --fleet zk://host:port/path", file=sys.stderr)
         return 2
-    if args.num_workers > 1 and args.worker_id is None:
+    if args.worker_id is None:
+        logging.getLogger("hotserve.server").info("serving shape: %s", shape.describe())
+    if shape.workers > 1 and args.worker_id is None:
         from hotserve.server.workers import Supervisor
 
+        # Workers get the shape's choices as flags (later flags win), so they do not choose again.
+        resolved = ["--tensorflow_intra_op_parallelism", str(shape.intra_op_threads), "--inference_threading",
+                    shape.inference_threading, "--max_concurrent_requests", str(shape.max_concurrent_requests),
+                    "--serving_shape", shape_json(shape)]
         try:
-            return Supervisor(args.argv, args.num_workers, args.host, args.rest_api_port, args.port).run()
+            return Supervisor(args.argv + resolved, shape.workers, args.host, args.rest_api_port, args.port).run()
         except OSError as exc:
             print(f"hotserve serve: {exc}", file=sys.stderr)
             return 1
@@ -310,7 +326,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         admin_token=token,
         reload_timeout_seconds=args.reload_config_timeout_seconds,
         manager=ManagerOptions(
-            runtime=RuntimeOptions(args.intra_op, args.inter_op),
+            runtime=RuntimeOptions(shape.intra_op_threads, shape.inter_op_threads),
             settle_seconds=args.version_settle_seconds,
             poll_wait_seconds=args.file_system_poll_wait_seconds,
             num_load_threads=max(1, args.num_load_threads),
@@ -320,7 +336,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             memory_policy=args.memory_budget_policy,
             batching=batching,
             canary_analysis=args.worker_id in (None, 0),
-            inline_max_us=args.inline_inference_max_us if args.inference_threading == "auto" else 0.0,
+            inline_max_us=args.inline_inference_max_us if shape.inference_threading == "auto" else 0.0,
             model_cache_dir=args.model_cache_dir,
             model_cache_keep_unused=args.model_cache_keep_versions,
             max_concurrent_downloads=max(1, args.max_concurrent_downloads),
@@ -334,8 +350,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                            args.rest_api_header_timeout_seconds, args.rest_api_body_timeout_seconds,
                            args.rest_api_idle_timeout_seconds),
         max_request_tensor_bytes=args.max_request_tensor_bytes,
-        admission=AdmissionOptions(args.max_concurrent_requests or args.rest_api_num_threads or 4 * (os.cpu_count() or 1),
-                                   args.max_queued_requests, args.degraded_liveness_seconds),
+        admission=AdmissionOptions(shape.max_concurrent_requests, args.max_queued_requests, args.degraded_liveness_seconds),
+        serving_shape=json.loads(args.serving_shape) if args.serving_shape else shape.doc(),
         reuse_port=args.reuse_port,
         worker_id=args.worker_id,
         feedback_store=feedback_store,

@@ -11,10 +11,13 @@ SAMPLES = 50
 
 def inline_ok(table: RouteTable, limit_us: float) -> bool:
     """True when the default version's median of its recent inferences is under limit_us; a
-    canary split, a version without enough samples or anything slower hops to the pool."""
+    canary split, a Python model, a version without enough samples or anything slower hops to
+    its model's threads."""
     lv = table.default
     if limit_us <= 0 or lv is None or table.canary is not None:
         return False
+    if lv.servable.runtime == "python":
+        return False  # Python code can block (or hang) without releasing the loop: it keeps its threads
     recent = list(lv.stats.events)[-200:]
     if len(recent) < SAMPLES:
         return False

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from hotserve.core.manager import Manager
@@ -26,6 +26,7 @@ class ServerContext:
     learning: Any = None  # learning.service.LearningService when a feedback store is configured
     worker: str = "0"  # this process's worker id (--num_workers), for the dashboard
     peers: Any = None  # server.peers.Peers with --num_workers: the siblings a scrape or the dashboard asks
+    serving_shape: dict = field(default_factory=dict)  # server/shape.py's choice (GET /v1/models/<m>/metadata)
     # Set on SIGTERM: readiness fails at once while requests are still served (--drain_seconds).
     draining: bool = False
 

@@ -39,6 +39,9 @@ _REASONS = {
     415: "Unsupported Media Type", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
     500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable", 504: "Gateway Timeout",
 }
+# How often the server looks for connections past their deadline.
+SWEEP_SECONDS = 0.25
+
 _STATUS_LINES = {code: f"HTTP/1.1 {code} {reason}\r\n".encode() for code, reason in _REASONS.items()}
 
 
@@ -89,6 +92,9 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+# Optional synchronous handler (handler.fast): an answer computed without awaiting anything,
+# or None to take the async path. Saves a task per request for cheap, inline work.
+FastHandler = Callable[[Request], "Response | None"]
 # Called for requests refused by the protocol itself (status, message) -> response body bytes.
 ErrorBody = Callable[[int, str], bytes]
 
@@ -112,10 +118,14 @@ class HttpProtocol(asyncio.Protocol):
         self.queue: deque[Request] = deque()
         self.task: asyncio.Task | None = None
         self.closing = False
-        self._timer: asyncio.TimerHandle | None = None
+        # One deadline per connection, checked by the server's sweep (HttpServer) a few times a
+        # second: no timer object is made or cancelled per request.
+        self.deadline: float | None = None
+        self._on_deadline: Callable[[], None] | None = None
         self._write_ready = asyncio.Event()
         self._write_ready.set()
         self.on_lost: Callable[["HttpProtocol"], None] | None = None
+        self._fast: FastHandler | None = getattr(handler, "fast", None)
         self._reset()
 
     def _reset(self) -> None:
@@ -148,22 +158,25 @@ class HttpProtocol(asyncio.Protocol):
         self._write_ready.set()
 
     def _arm(self, seconds: float, fn: Callable[[], None]) -> None:
-        self._disarm()
         if seconds > 0:
-            self._timer = self.loop.call_later(seconds, fn)
+            self.deadline, self._on_deadline = self.loop.time() + seconds, fn
+        else:
+            self.deadline = None
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.deadline = None
+
+    def check_deadline(self, now: float) -> None:
+        """Called by the server's sweep: act on a passed deadline (idle or a slow request)."""
+        if self.deadline is not None and now >= self.deadline:
+            self.deadline = None
+            self._on_deadline()
 
     def _idle_timeout(self) -> None:
-        self._timer = None
         if not self._in_message and self.task is None and self.transport is not None:
             self.transport.close()
 
     def _request_timeout(self) -> None:
-        self._timer = None
         what = "request body" if self._headers_done else "request headers"
         limit = self.limits.body_timeout if self._headers_done else self.limits.header_timeout
         self._refuse(408, f"{what} did not arrive within {limit:g}s", "read_timeout")
@@ -259,6 +272,17 @@ class HttpProtocol(asyncio.Protocol):
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         request = Request(self.parser.get_method().decode("ascii"), unquote(path_text), query, self._headers, body,
                           self.parser.should_keep_alive())
+        if self.task is None and not self.queue and self._fast is not None:
+            response = self._fast(request)
+            if response is not None and response.stream is None:
+                keep = request.keep_alive and not self.closing and not response.close
+                self._write_plain(request, response, keep)
+                if not keep:
+                    self.closing = True
+                    self.transport.close()
+                else:
+                    self._arm(self.limits.keep_alive_timeout, self._idle_timeout)
+                return
         self.queue.append(request)
         if self.task is None:
             self.transport.pause_reading()
@@ -291,17 +315,26 @@ class HttpProtocol(asyncio.Protocol):
             self._arm(self.limits.keep_alive_timeout, self._idle_timeout)
             self.transport.resume_reading()
 
-    async def _write(self, request: Request, response: Response, keep: bool) -> None:
+    def _write_plain(self, request: Request, response: Response, keep: bool) -> None:
         head = [_STATUS_LINES.get(response.status) or f"HTTP/1.1 {response.status} Status\r\n".encode()]
         for k, v in response.headers:
             head.append(k + b": " + v + b"\r\n")
         if not keep:
             head.append(b"connection: close\r\n")
+        body = b"" if request.method == "HEAD" else response.body
+        head.append(b"content-length: " + str(len(response.body)).encode() + b"\r\n\r\n")
+        head.append(body)
+        self.transport.write(b"".join(head))
+
+    async def _write(self, request: Request, response: Response, keep: bool) -> None:
         if response.stream is None:
-            body = b"" if request.method == "HEAD" else response.body
-            head.append(b"content-length: " + str(len(response.body)).encode() + b"\r\n\r\n")
-            self.transport.write(b"".join(head) + body)
+            self._write_plain(request, response, keep)
             return
+        head = [_STATUS_LINES.get(response.status) or f"HTTP/1.1 {response.status} Status\r\n".encode()]
+        for k, v in response.headers:
+            head.append(k + b": " + v + b"\r\n")
+        if not keep:
+            head.append(b"connection: close\r\n")
         head.append(b"transfer-encoding: chunked\r\n\r\n")
         self.transport.write(b"".join(head))
         try:
@@ -330,6 +363,7 @@ class HttpServer:
         self.on_reject = on_reject
         self.connections: set[HttpProtocol] = set()
         self.server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def _protocol(self) -> HttpProtocol:
         proto = HttpProtocol(self.handler, self.limits, self.error_body, self.on_reject)
@@ -338,11 +372,24 @@ class HttpServer:
         return proto
 
     async def start(self, sock) -> None:
-        self.server = await asyncio.get_running_loop().create_server(self._protocol, sock=sock, backlog=2048)
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(self._protocol, sock=sock, backlog=2048)
+        self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close connections past their deadline (a timeout is late by at most SWEEP_SECONDS)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for proto in list(self.connections):
+            if proto.deadline is not None and now >= proto.deadline:
+                proto.check_deadline(now)
+        self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop accepting, close idle connections, let requests in progress finish (up to
         `grace` seconds), then close everything."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self.server is not None:
             self.server.close()
         loop = asyncio.get_running_loop()

@@ -33,6 +33,7 @@ _VERSION_HEADER = b"x-model-version"
 # TF Serving's Prometheus path, and the usual one.
 _METRICS_PATHS = ("/monitoring/prometheus/metrics", "/metrics")
 _METRICS_TYPE = (b"content-type", b"text/plain; version=0.0.4")
+_V2_MODELS = "/v2/models/"
 
 
 class RestApp:
@@ -49,6 +50,37 @@ class RestApp:
         """Shutdown: end the open dashboard streams so their connections can close."""
         self.dashboard.close()
 
+    def fast(self, request: Request) -> Response | None:
+        """The answer to a model request that runs inline (a cheap model, a small request),
+        computed synchronously: the HTTP layer then writes it without scheduling a task. None
+        for everything else, which takes the async path."""
+        if request.method != "POST" or tracing.ENABLED:
+            return None
+        path = request.path
+        try:
+            if path.startswith(V1_PREFIX) and path.endswith(":predict"):
+                name = path[len(V1_PREFIX):-len(":predict")]
+                reply = self.v1.inline(name, request) if "/" not in name else None
+            elif path.startswith(_V2_MODELS) and path.endswith("/infer"):
+                name = path[len(_V2_MODELS):-len("/infer")]
+                reply = self.v2.inline(name, request) if "/" not in name else None
+            else:
+                return None
+        except HotserveError as exc:
+            reply = error_reply(exc)
+        except Exception as exc:  # a bug must cost one request, never the connection
+            log.exception("unhandled error on %s %s", request.method, path)
+            reply = Reply(500, tfs.encode_error(f"internal error: {type(exc).__name__}: {exc}"), code="INTERNAL")
+        return None if reply is None else self._response(reply)
+
+    def _response(self, reply: Reply) -> Response:
+        headers = reply.headers or [JSON]
+        if reply.version is not None:
+            headers.append((_VERSION_HEADER, reply.version.encode()))
+        # Shutting down: a balancer's kept-alive connection closes after this answer, so its next
+        # request opens a new one (to another replica once this one stops accepting).
+        return Response(reply.status, headers, reply.body, reply.stream, close=self.ctx.draining)
+
     async def __call__(self, request: Request) -> Response:
         if tracing.ENABLED:
             tracing.set_incoming({k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers
@@ -60,12 +92,7 @@ class RestApp:
         except Exception as exc:  # a bug must cost one request, never the worker
             log.exception("unhandled error on %s %s", request.method, request.path)
             reply = Reply(500, tfs.encode_error(f"internal error: {type(exc).__name__}: {exc}"), code="INTERNAL")
-        headers = reply.headers or [JSON]
-        if reply.version is not None:
-            headers.append((_VERSION_HEADER, reply.version.encode()))
-        # Shutting down: a balancer's kept-alive connection closes after this answer, so its next
-        # request opens a new one (to another replica once this one stops accepting).
-        return Response(reply.status, headers, reply.body, reply.stream, close=self.ctx.draining)
+        return self._response(reply)
 
     async def _dispatch(self, request: Request) -> Reply:
         path = request.path

@@ -64,13 +64,7 @@ class V1Routes:
                 raise NotFound(f"unknown verb :{verb}; expected :predict, :classify or :regress")
             if method != "POST":
                 raise MethodNotAllowed(f":{verb} takes POST, got {method}")
-            body = request.body
-            call = Call(name, version, label, request.header(KEY_HEADER), verb, "REST", len(body),
-                        request.header(ID_HEADER))
-            if verb == "predict":
-                prepare, execute = self._predict(body)
-            else:
-                prepare, execute = self._examples(verb, body)
+            call, prepare, execute = self.model_call(name, version, label, verb, request)
             done = await self.ctx.frame.run(call, prepare, execute, self.ctx.timeout_seconds, "--rest_api_timeout_in_ms")
             return reply_of(done)
         if method != "GET":
@@ -87,6 +81,23 @@ class V1Routes:
         if outage is not None:  # only during a storage outage: served versions are kept, this says why nothing changes
             doc["storage"] = outage
         return Reply(200, tfs.dumps(doc))
+
+    def model_call(self, name: str, version: int | None, label: str | None, verb: str, request: Request):
+        """(Call, prepare, execute) of a predict / classify / regress request, for the frame."""
+        body = request.body
+        call = Call(name, version, label, request.header(KEY_HEADER), verb, "REST", len(body),
+                    request.header(ID_HEADER))
+        prepare, execute = self._predict(body) if verb == "predict" else self._examples(verb, body)
+        return call, prepare, execute
+
+    def inline(self, name: str, request: Request) -> Reply | None:
+        """A `POST /v1/models/<name>:predict` answered right here on the event loop, when the
+        model runs inline (--inference_threading=auto found it cheap); None otherwise."""
+        mm = self.ctx.manager.models.get(name)
+        if mm is None or not mm.runs_inline(len(request.body)):
+            return None
+        call, prepare, execute = self.model_call(name, None, None, "predict", request)
+        return reply_of(self.ctx.frame.run_sync(call, prepare, execute))
 
     @staticmethod
     def _predict(body: bytes):
@@ -122,6 +133,13 @@ class V1Routes:
         lv = self.ctx.manager.acquire(name, version, label)
         try:
             doc = tfs.metadata_doc(name, lv.version, lv.servable.signatures)
+            if self.ctx.serving_shape:
+                # A metadata field of hotserve's own beside signature_def (TF Serving's metadata is a
+                # map of named fields): how this server runs the model, and why.
+                mm = self.ctx.manager.get(name)
+                doc["metadata"]["serving_shape"] = {
+                    **self.ctx.serving_shape,
+                    "inference_now": "event loop (measured cheap)" if mm.inline_ok else "model threads"}
             return Reply(200, tfs.dumps(doc), lv.version_str)
         finally:
             lv.release()

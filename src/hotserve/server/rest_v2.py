@@ -41,11 +41,7 @@ class V2Routes:
                 target, rest = v2.version_field(rest[1]), rest[2:]
             if rest == ["infer"]:
                 self._method(method, "POST")
-                body = request.body
-                call = Call(name, *target, request.header(KEY_HEADER), "infer", "REST", len(body),
-                            request.header(ID_HEADER))
-                prepare, execute = self._infer(name, body, request.header(v2.BINARY_HEADER),
-                                               request.header(b"content-encoding"), call)
+                call, prepare, execute = self.model_call(name, target, request)
                 done = await self.ctx.frame.run(call, prepare, execute, self.ctx.timeout_seconds, "--rest_api_timeout_in_ms")
                 return reply_of(done)
             self._method(method, "GET")
@@ -64,6 +60,23 @@ class V2Routes:
                 await self.ctx.blocking(control.request_load if parts[3] == "load" else control.request_unload, mm)
                 return _json(200, {})
         raise NotFound(f"no such V2 endpoint: {method} {path}")
+
+    def model_call(self, name: str, target: tuple[int | None, str | None], request: Request):
+        """(Call, prepare, execute) of an infer request, for the frame."""
+        body = request.body
+        call = Call(name, *target, request.header(KEY_HEADER), "infer", "REST", len(body), request.header(ID_HEADER))
+        prepare, execute = self._infer(name, body, request.header(v2.BINARY_HEADER),
+                                       request.header(b"content-encoding"), call)
+        return call, prepare, execute
+
+    def inline(self, name: str, request: Request) -> Reply | None:
+        """A `POST /v2/models/<name>/infer` answered right here on the event loop when the model
+        runs inline; None otherwise."""
+        mm = self.manager.models.get(name)
+        if mm is None or not mm.runs_inline(len(request.body)):
+            return None
+        call, prepare, execute = self.model_call(name, (None, None), request)
+        return reply_of(self.ctx.frame.run_sync(call, prepare, execute))
 
     @staticmethod
     def _method(got: str, want: str) -> None:

@@ -46,6 +46,7 @@ class ServeOptions:
     http_limits: Limits = field(default_factory=Limits)
     admission: AdmissionOptions = field(default_factory=AdmissionOptions)
     max_request_tensor_bytes: int = 256 << 20
+    serving_shape: dict = field(default_factory=dict)  # what server/shape.py chose, shown in model metadata
     # Continuous learning: a feedback store (--learning_dir's SQLite file, or --feedback_store).
     feedback_store: str | None = None
     feedback_retention: object | None = None  # learning.store.Retention
@@ -123,7 +124,7 @@ async def serve(opts: ServeOptions) -> None:
                                 opts.reload_timeout_seconds) if opts.config_file else None
     ctx = build_context(manager, executor, opts.admin_token, opts.rest_api_timeout_seconds,
                         opts.reload_timeout_seconds, watcher.reload_now if watcher else None, opts.admission)
-    ctx.worker, ctx.peers = worker, peers
+    ctx.worker, ctx.peers, ctx.serving_shape = worker, peers, opts.serving_shape
     instrument(manager, ctx.frame.lanes, worker)
     learning = _start_learning(opts, manager, ctx)
     app = RestApp(ctx)

@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""What one REST predict costs inside hotserve, without sockets: the HTTP parser, the routing,
+the request frame, decode, inference and encode, measured in process on one core, against the
+bare minimum a hand-written app does for the same request (orjson.loads, np.asarray,
+session.run, orjson.dumps of .tolist()) on the same session settings.
+
+    python bench/request_path.py [--seconds 3] [--profile]
+
+It prints microseconds per request for each stage and the overhead ratio. `--profile` runs
+cProfile over the hotserve path and prints the top functions (cumulative). Single-threaded and
+socket-free, so it is steadier than a load test on a shared machine, but it leaves out what
+the kernel and the network stack cost (the same for every server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import orjson
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+
+
+def _per_request(fn, seconds: float) -> float:
+    n, t0 = 0, time.perf_counter()
+    while True:
+        for _ in range(200):
+            fn()
+        n += 200
+        if time.perf_counter() - t0 >= seconds:
+            return (time.perf_counter() - t0) / n * 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--profile", action="store_true")
+    args = p.parse_args(argv)
+
+    import onnxruntime as ort
+
+    from hotserve.core.config import ModelConfig
+    from hotserve.core.manager import Manager, ManagerOptions
+    from hotserve.examples import make_mlp
+    from hotserve.protocols import tfserving_rest
+    from hotserve.repository.publish import publish
+    from hotserve.runtimes.registry import RuntimeOptions
+    from hotserve.server.context import build_context
+    from hotserve.server.http import HttpProtocol, Limits
+    from hotserve.server.rest import RestApp
+    from concurrent.futures import ThreadPoolExecutor
+
+    work = tempfile.mkdtemp(prefix="hotserve-path-")
+    model = make_mlp(os.path.join(work, "src", "model.onnx"), seed=1)
+    base = os.path.join(work, "models", "mlp")
+    publish(model, base, 1)
+    x = [[float(i % 7) / 7 for i in range(784)]]
+    body = orjson.dumps({"instances": x})
+    raw = (b"POST /v1/models/mlp:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+           b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+    # The hand-written minimum.
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+    sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+
+    def lean() -> bytes:
+        doc = orjson.loads(body)
+        y = sess.run(None, {name: np.asarray(doc["instances"], dtype=np.float32)})[0]
+        return orjson.dumps({"predictions": y.tolist()})
+
+    def infer_only() -> None:
+        sess.run(None, {name: np.asarray(x, dtype=np.float32)})
+
+    mopts = ManagerOptions(runtime=RuntimeOptions(1, 1), inline_max_us=300.0, use_inotify=False)
+    manager = Manager([ModelConfig("mlp", base)], mopts, decoder=tfserving_rest)
+    manager.start()
+    deadline = time.monotonic() + 30
+    while not manager.ready() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    mm = manager.models["mlp"]
+    mm.inline_ok = True  # what --inference_threading=auto decides for this model once measured
+    ctx = build_context(manager, ThreadPoolExecutor(2))
+    app = RestApp(ctx)
+
+    class _Transport:
+        def __init__(self) -> None:
+            self.out = []
+
+        def write(self, data: bytes) -> None:
+            self.out.append(data)
+
+        def pause_reading(self) -> None:
+            pass
+
+        def resume_reading(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()  # what the server runs on
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    async def make() -> HttpProtocol:
+        return HttpProtocol(app, Limits(), lambda status, msg: b"")
+
+    proto = loop.run_until_complete(make())
+    transport = _Transport()
+    proto.connection_made(transport)
+
+    def hotserve_http() -> None:
+        proto.data_received(raw)
+        while not transport.out:  # answered in data_received when the model runs inline
+            loop.run_until_complete(asyncio.sleep(0))
+        transport.out.clear()
+
+    from hotserve.server.http import Request
+
+    def hotserve_app() -> None:
+        req = Request("POST", "/v1/models/mlp:predict", b"", [(b"content-type", b"application/json")], body, True)
+        app.fast(req)
+
+    check = lean()
+    hotserve_http()
+    proto.data_received(raw)
+    while proto.task is not None or not transport.out:
+        loop.run_until_complete(asyncio.sleep(0))
+    answer = b"".join(transport.out)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    got = orjson.loads(answer.split(b"\r\n\r\n", 1)[1])["predictions"]
+    assert np.allclose(got, orjson.loads(check)["predictions"], atol=1e-5)
+    transport.out.clear()
+
+    rows = [
+        ("onnxruntime session.run alone", _per_request(infer_only, args.seconds)),
+        ("hand-written minimum (loads, asarray, run, dumps)", _per_request(lean, args.seconds)),
+        ("hotserve app (routing + frame + codec + run)", _per_request(hotserve_app, args.seconds)),
+        ("hotserve HTTP protocol + app", _per_request(hotserve_http, args.seconds)),
+    ]
+    base_us = rows[1][1]
+    print(f"{'path':<52} {'us/request':>11} {'vs minimum':>11}")
+    for label, us in rows:
+        print(f"{label:<52} {us:>11.1f} {us / base_us:>10.2f}x")
+    if args.profile:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(3000):
+            hotserve_http()
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    manager.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
