@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import LoadClients, affine_version, wait_for, wait_state
-from hotserve.batching import Batcher, BatchingParameters, parse_batching_parameters
+from hotserve.batching.batcher import Batcher
+from hotserve.batching.parameters import BatchingParameters, parse_batching_parameters
 from hotserve.batching.parameters import BatchingConfigError
 from hotserve.core.loaded import LoadedVersion
 from hotserve.errors import Unavailable
@@ -148,11 +149,20 @@ def test_batching_across_swaps_never_mixes_versions(repo, start_server, tmp_path
     assert total / count > 1.0  # batches held several requests on average
 
 
+def _batch_queue(server) -> float:
+    _, body = server.get("/metrics")
+    m = re.search(rb'hotserve_batch_queue_depth\{model="slow"\} ([\d.]+)', body)
+    return float(m.group(1)) if m else 0.0
+
+
 def test_overloaded_batch_queue_gives_503_and_per_model_override(tmp_path, start_server):
     from conftest import python_version
 
     slow, fast, build = str(tmp_path / "slow"), str(tmp_path / "fast"), str(tmp_path / "build")
-    python_version(slow, 1, build, sleep=0.3)
+    gate, entered = str(tmp_path / "gate"), str(tmp_path / "entered")
+    # A request whose first value is 999 holds the batch thread until the gate file exists: the
+    # queue is full for certain while the others arrive, whatever the machine's load.
+    python_version(slow, 1, build, gate=gate, entered=entered)
     affine_version(fast, 1, build)
     cfg = tmp_path / "models.yaml"
     cfg.write_text(
@@ -163,15 +173,25 @@ def test_overloaded_batch_queue_gives_503_and_per_model_override(tmp_path, start
     assert "model slow: dynamic batching on" in server.log() and "model fast: dynamic batching on" not in server.log()
     codes: list[int] = []
 
-    def call():
-        r = httpx.post(server.url + "/v1/models/slow:predict", json={"instances": [[1, 1, 1, 1]]}, timeout=30)
+    def call(first: float = 1.0):
+        r = httpx.post(server.url + "/v1/models/slow:predict", json={"instances": [[first, 1, 1, 1]]}, timeout=30)
         codes.append(r.status_code)
         if r.status_code == 503:
             assert "batch queue is full" in r.json()["error"]
 
-    threads = [threading.Thread(target=call) for _ in range(6)]
-    for t in threads:
+    holder = threading.Thread(target=call, args=(999.0,))
+    holder.start()
+    wait_for(lambda: os.path.exists(entered), 20, "the first request to hold the batch thread")
+    queued = threading.Thread(target=call)
+    queued.start()
+    wait_for(lambda: _batch_queue(server) >= 1, 20, "a batch to wait in the queue")
+    refused = [threading.Thread(target=call) for _ in range(4)]
+    for t in refused:
         t.start()
+    for t in refused:
+        t.join(30)
+    open(gate, "w").close()
+    threads = [holder, queued, *refused]
     for t in threads:
         t.join(30)
     assert codes.count(200) >= 2 and codes.count(503) >= 1, codes

@@ -219,20 +219,12 @@ def _admin_token(args: argparse.Namespace) -> str | None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from hotserve.core.config import ModelConfig
-    from hotserve.core.manager import ManagerOptions
+    # Only light modules before the --num_workers supervisor is started: it imports nothing of
+    # the serving stack (numpy, onnxruntime, grpc), so it stays small beside its workers.
+    from hotserve.core.config import ConfigError, ModelConfig, load_config_file
+    from hotserve.core.memory import parse_size
     from hotserve.core.policy import Latest
     from hotserve.observability.logs import setup_logging
-    from hotserve.runtimes.registry import RuntimeOptions
-    from hotserve.server.admission import AdmissionOptions
-    from hotserve.server.http import Limits
-    from hotserve.server.serve import ServeOptions, run
-
-    import os
-
-    from hotserve.core.config import ConfigError, load_config_file
-    from hotserve.core.memory import parse_size
-    from hotserve.server.auth import ENV_VAR
 
     if args.model_config_file:
         if args.model_base_path:
@@ -273,17 +265,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except BatchingConfigError as exc:
         print(f"hotserve serve: --batching_parameters_file: {exc}", file=sys.stderr)
         return 2
-    from hotserve.learning.store import parse_retention
-
     feedback_store = args.feedback_store or args.learning_dir
     if args.feedback_store and args.learning_dir:
         print("hotserve serve: give either --learning_dir or --feedback_store, not both", file=sys.stderr)
         return 2
-    try:
-        retention = parse_retention(args.feedback_retention, args.feedback_label_window)
-    except ValueError as exc:
-        print(f"hotserve serve: --feedback_retention/--feedback_label_window: {exc}", file=sys.stderr)
-        return 2
+    retention = None
+    if feedback_store:  # learning's modules (numpy) only when learning is on
+        from hotserve.learning.store import parse_retention
+
+        try:
+            retention = parse_retention(args.feedback_retention, args.feedback_label_window)
+        except ValueError as exc:
+            print(f"hotserve serve: --feedback_retention/--feedback_label_window: {exc}", file=sys.stderr)
+            return 2
     setup_logging(args.log_level, args.log_format, args.worker_id)
     try:
         token = _admin_token(args)
@@ -319,6 +313,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"hotserve serve: {exc}", file=sys.stderr)
             return 1
+    from hotserve.core.manager import ManagerOptions
+    from hotserve.runtimes.registry import RuntimeOptions
+    from hotserve.server.admission import AdmissionOptions
+    from hotserve.server.http import Limits
+    from hotserve.server.serve import ServeOptions, run
+
     opts = ServeOptions(
         models=models,
         config_file=args.model_config_file,

@@ -1,6 +1,3 @@
-"""Dynamic batching in front of a servable (TF Serving's --enable_batching)."""
-
-from hotserve.batching.batcher import Batcher
-from hotserve.batching.parameters import BatchingParameters, parse_batching_parameters
-
-__all__ = ["Batcher", "BatchingParameters", "parse_batching_parameters"]
+"""Dynamic batching in front of a servable (TF Serving's --enable_batching): parameters.py reads
+the settings, batcher.py merges requests. Import the submodule you need (the supervisor of
+--num_workers reads parameters without paying for numpy)."""

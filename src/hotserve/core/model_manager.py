@@ -18,7 +18,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from hotserve.batching import Batcher, BatchingParameters
+from hotserve.batching.batcher import Batcher
+from hotserve.batching.parameters import BatchingParameters
 from hotserve.core import planner
 from hotserve.core.config import ModelConfig
 from hotserve.core.gates.pipeline import GatePipeline

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ from hotserve.server.http import HttpServer, Limits
 from hotserve.server.instrument import instrument, worker_state
 from hotserve.server.peers import PeerServer, from_env
 from hotserve.server.rest import RestApp
+from hotserve.server.sockets import bind_socket
 
 log = logging.getLogger("hotserve.server")
 
@@ -60,23 +62,11 @@ class ServeOptions:
     drain_seconds: float = 0.0
 
 
-def bind_socket(host: str, port: int, reuse_port: bool = False, listen: bool = True) -> socket.socket:
-    """A bound socket; with listen=False it only holds the port (the --num_workers supervisor)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        # Several worker processes listen on one port; the kernel spreads connections.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    if listen:
-        sock.listen(2048)
-        sock.setblocking(False)
-    return sock
+def _announce(line: str) -> None:
+    """One line on stdout in one write: tools parse it, and a log line (stderr, often the same
+    file) or a sibling worker's line must never land inside it."""
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), (line + "\n").encode())
 
 
 def _url_host(host: str) -> str:
@@ -161,8 +151,8 @@ async def serve(opts: ServeOptions) -> None:
             log.info("management API off (no --admin_token): labels, rollback, load/unload and config reload are refused")
         await rest.start(sock)  # listens (a deferred socket too) before the line below: readers may connect at once
         # Tools and tests read these lines to learn the bound ports (they matter with port 0).
-        print(f"hotserve: gRPC API listening on {_url_host(host)}:{grpc_port}", flush=True)
-        print(f"hotserve: REST API listening on http://{_url_host(host)}:{port}", flush=True)
+        _announce(f"hotserve: gRPC API listening on {_url_host(host)}:{grpc_port}")
+        _announce(f"hotserve: REST API listening on http://{_url_host(host)}:{port}")
         await shutdown.stopped()
     finally:
         log.info("shutting down: finishing in-flight requests and unloading models")

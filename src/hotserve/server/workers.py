@@ -25,7 +25,7 @@ import time
 
 from hotserve.observability.process import rss_of
 from hotserve.server.peers import ENV_DIR as PEER_DIR_ENV
-from hotserve.server.serve import bind_socket
+from hotserve.server.sockets import bind_socket
 
 log = logging.getLogger("hotserve.workers")
 
