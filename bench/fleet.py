@@ -19,7 +19,7 @@ Two fleets, the same machine, the same load, one after the other:
                 same publishes and the same corrupt copy.
 
 The load runs through nginx (deploy's config, cluster/nginx.conf.template) for the whole phase:
-wrk (-t N -c N, bench/wrk/fleet.lua: every request's start, end, status, X-Model-Version and
+wrk (-t N -c N, bench/wrk/swap.lua: every request's start, end, status, X-Model-Version and
 the version the model's own output shows; the model is y = x + version) plus Python gRPC
 clients (KServe V2 ModelInfer) doing the same checks.
 
@@ -88,7 +88,7 @@ class Wrk:
             json.dump({"instances": [X]}, f)
         env = dict(os.environ, BENCH_BODY_FILE=body, BENCH_CONTENT_TYPE="application/json", BENCH_LOG_PREFIX=self.prefix)
         cmd = ["taskset", "-c", client_cpus, "wrk", "-t", str(concurrency), "-c", str(concurrency), "-d", "3600s",
-               "--timeout", "10s", "-s", os.path.join(BENCH_DIR, "wrk", "fleet.lua"), f"{url}/v1/models/{MODEL}:predict"]
+               "--timeout", "10s", "-s", os.path.join(BENCH_DIR, "wrk", "swap.lua"), f"{url}/v1/models/{MODEL}:predict"]
         self.out_path = os.path.join(workdir, "wrk.out")
         with open(self.out_path, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -15,6 +15,8 @@ import time
 import urllib.error
 import urllib.request
 
+from hotserve.launcher import free_port, stop_process  # noqa: F401  (fixtures import free_port from here)
+
 # Credentials moto accepts (any will do); set in the environment of every client and server.
 ENV = {
     "AWS_ACCESS_KEY_ID": "testing-key-id",
@@ -23,12 +25,6 @@ ENV = {
     "S3_USE_HTTPS": "0",
     "S3_VERIFY_SSL": "0",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class MotoServer:
@@ -63,13 +59,7 @@ class MotoServer:
         raise TimeoutError(f"moto server not answering on {self.endpoint} within {timeout}s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self.proc = None
 
     def client(self):

@@ -77,10 +77,7 @@ def cleanup() -> None:
         owned.stop()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from hotserve.launcher import free_port  # noqa: E402,F401  (the benches' servers take it from here)
 
 
 def tree_pids(root: int) -> list[int]:

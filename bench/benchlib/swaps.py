@@ -67,7 +67,7 @@ def _read_rows(prefix: str) -> tuple[list[tuple], int]:
         with open(path) as f:
             for line in f:
                 parts = line.rstrip("\n").split("\t")
-                if len(parts) != 4:
+                if len(parts) < 4:
                     continue
                 start, end, status = float(parts[0]), float(parts[1]), int(parts[2])
                 version = int(parts[3]) if parts[3].isdigit() else None

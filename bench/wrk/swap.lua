@@ -1,5 +1,7 @@
 -- Swaps under load: like post.lua, plus one line per request written by each wrk thread to
--- $BENCH_LOG_PREFIX<thread>.tsv:  start  end  status  x-model-version
+-- $BENCH_LOG_PREFIX<thread>.tsv:  start  end  status  x-model-version  output-version
+-- (output-version: the first number of "predictions", which is the version for the benches'
+-- model y = x + version fed x = [0, 1, 2, 3]; "-" when there is none)
 -- Times are CLOCK_MONOTONIC seconds (LuaJIT FFI clock_gettime), the clock Python's
 -- time.monotonic() reads, so they line up with the publish times the runner records.
 -- Run with as many threads as connections (-t N -c N): each thread then owns one connection,
@@ -41,7 +43,8 @@ end
 function response(status, headers, body)
   local t = now()
   local v = headers["x-model-version"] or headers["X-Model-Version"] or "-"
-  out:write(string.format("%.6f\t%.6f\t%d\t%s\n", started, t, status, v))
+  local y = body and body:match('"predictions"%s*:%s*%[%s*%[%s*(%-?[%d%.eE+]+)') or "-"
+  out:write(string.format("%.6f\t%.6f\t%d\t%s\t%s\n", started, t, status, v, y))
 end
 
 function done(summary, latency, requests)

@@ -16,21 +16,7 @@ from hotserve.cluster import zk
 ZOOKEEPER_CLASSPATH = "/usr/share/java/*"  # Debian's zookeeper package puts its jars here
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen | None, sig: int, timeout: float) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(sig)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+from hotserve.launcher import free_port, stop_process as _stop  # noqa: E402,F401  (free_port: tests import it here)
 
 
 class LocalZooKeeper:

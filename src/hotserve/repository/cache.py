@@ -283,3 +283,19 @@ def shared() -> VersionCache:
         if _SHARED is None:
             _SHARED = VersionCache()
         return _SHARED
+
+
+class CachedCopies:
+    """Mixin for remote stores: `local_dir` hands runtimes a verified copy from a VersionCache
+    (the store's own `cache`, else the process's shared one) and `release_local_dir` lets it go."""
+
+    cache: VersionCache | None = None
+
+    def _cache(self) -> VersionCache:
+        return self.cache or shared()
+
+    def local_dir(self, path: str) -> str:
+        return self._cache().fetch(self, path)
+
+    def release_local_dir(self, path: str) -> None:
+        self._cache().release(path)

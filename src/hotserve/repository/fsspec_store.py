@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any, BinaryIO, Callable
 from urllib.parse import urlparse
 
+from hotserve.repository.cache import CachedCopies
 from hotserve.repository.storage import FileStat, RequestHook, StorageUnavailable, _no_count, register_scheme
 
 
@@ -52,7 +53,7 @@ def _etag(info: dict[str, Any]) -> str:
     return ""
 
 
-class FsspecStorage:
+class FsspecStorage(CachedCopies):
     local = False
 
     def __init__(self, url: str, fs: Any, scheme: str, tree_listing: bool, atomic_rename: bool,
@@ -146,17 +147,6 @@ class FsspecStorage:
             raise NotImplementedError(f"{self.scheme}:// has no atomic rename; publish commits with the manifest")
         self._call("put", f"cannot rename {src}", self.fs.mv, self._to_fs(src), self._to_fs(dst))
 
-    # -- local copies ---------------------------------------------------------------------
-    def _cache(self):
-        from hotserve.repository import cache
-
-        return self.cache or cache.shared()
-
-    def local_dir(self, path: str) -> str:
-        return self._cache().fetch(self, path)
-
-    def release_local_dir(self, path: str) -> None:
-        self._cache().release(path)
 
 
 def _need(module: str, extra: str, url: str):

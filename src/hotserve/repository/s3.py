@@ -29,6 +29,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from hotserve.repository.cache import CachedCopies
 from hotserve.repository.storage import FileStat, RequestHook, StorageUnavailable, _no_count, register_scheme
 
 log = logging.getLogger("hotserve.repository")
@@ -129,7 +130,7 @@ class _Body:
         self.close()
 
 
-class S3Storage:
+class S3Storage(CachedCopies):
     scheme = "s3"
     local = False
     atomic_rename = False
@@ -313,17 +314,6 @@ class S3Storage:
     def rename(self, src: str, dst: str) -> None:
         raise NotImplementedError("S3 has no rename; publish commits with the manifest (atomic_rename is False)")
 
-    # -- local copies ---------------------------------------------------------------------
-    def _cache(self):
-        from hotserve.repository import cache
-
-        return self.cache or cache.shared()
-
-    def local_dir(self, path: str) -> str:
-        return self._cache().fetch(self, path)
-
-    def release_local_dir(self, path: str) -> None:
-        self._cache().release(path)
 
 
 def _open(url: str) -> S3Storage:
