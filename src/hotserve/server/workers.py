@@ -49,6 +49,17 @@ def _strip(argv: list[str], names: set[str]) -> list[str]:
     return out
 
 
+def _die_with_parent() -> None:
+    """In the worker, before exec: SIGTERM it when the supervisor dies, even by SIGKILL, so no
+    worker outlives its supervisor holding the port (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass  # not Linux: the supervisor's own shutdown still stops them
+
+
 class Supervisor:
     def __init__(self, argv: list[str], num_workers: int, host: str, rest_port: int, grpc_port: int) -> None:
         self.num_workers = num_workers
@@ -68,7 +79,7 @@ class Supervisor:
 
     def _spawn(self, i: int) -> None:
         cmd = [sys.executable, "-m", "hotserve", "serve", *self._argv, "--worker_id", str(i)]
-        self._procs[i] = subprocess.Popen(cmd, env={**os.environ, "HOTSERVE_WORKER_ID": str(i),
+        self._procs[i] = subprocess.Popen(cmd, preexec_fn=_die_with_parent, env={**os.environ, "HOTSERVE_WORKER_ID": str(i),
                                                         PEER_DIR_ENV: self.peer_dir})
         self._started[i] = time.monotonic()
         log.info("worker %d started (pid %d)", i, self._procs[i].pid)
