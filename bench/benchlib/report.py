@@ -1,4 +1,5 @@
-"""Both tables as aligned plain text (stdout), Markdown and JSON (bench/results/latest.*)."""
+"""Both tables, the servers' legend and issue 10's targets as aligned plain text (stdout),
+Markdown and JSON (bench/results/latest.*)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 import math
 import os
 
-SERVER_LABEL = {"hotserve": "hotserve", "hotserve-2w": "hotserve tuned", "fastapi": "FastAPI", "mlserver": "MLServer"}
+from benchlib.lineup import PEERS, RATIO_HEADERS, describe, label
 
 MATRIX_COLUMNS = [
     # header, key, format, align
@@ -15,6 +16,7 @@ MATRIX_COLUMNS = [
     ("batch", "batch", "{:d}", ">"),
     ("conc", "concurrency", "{:d}", ">"),
     ("req/s", "rps", "{:,.0f}", ">"),
+    ("spread", "rps_spread_pct", "{:.0f}%", ">"),
     ("rows/s", "rows_s", "{:,.0f}", ">"),
     ("p50 ms", "p50_ms", "{:.2f}", ">"),
     ("p99 ms", "p99_ms", "{:.2f}", ">"),
@@ -22,19 +24,32 @@ MATRIX_COLUMNS = [
     ("RSS MiB", "rss_mib", "{:.0f}", ">"),
     ("srv CPU%", "server_cpu_pct", "{:.0f}", ">"),
     ("cli CPU%", "client_cpu_pct", "{:.0f}", ">"),
-    ("vs FastAPI", "ratio_fastapi", "{:.2f}x", ">"),
-    ("vs MLServer", "ratio_mlserver", "{:.2f}x", ">"),
 ]
 
-MATRIX_NOTES = [
-    "req/s: 2xx answers per second of the measured run (after a separate warm-up run); rows/s = req/s x batch.",
-    "p50/p99: latency percentiles of the measured run (wrk's histogram for REST; h2load's per-request log for gRPC).",
-    "errors: non-2xx + socket errors (connect/read/write/timeout); for gRPC also calls whose answer carried no message (grpc-status != 0).",
-    "RSS MiB: peak over samples every 0.2 s of the sum of VmRSS over the server's process tree (pages shared between processes count in each).",
-    "srv CPU%: CPU time of the server's processes / wall time (200% = both cores); cli CPU%: the load tool's CPU time / wall time (100% = its core saturated: the figure is then client-bound).",
-    "vs FastAPI / vs MLServer: hotserve req/s over that peer's req/s in the same batch and concurrency. Same wire format: REST TFS JSON vs FastAPI, REST V2 JSON vs MLServer; the other hotserve rows show what its binary/gRPC APIs buy over the peer's only API.",
-    "REST: wrk (one thread, pinned to the client core). gRPC: h2load, -c N connections with one stream each (-m 1), one thread pinned to the client core; C tools, so the client is not Python-bound.",
-]
+
+def matrix_columns(cells: list[dict]) -> list[tuple]:
+    """The fixed columns, then one ratio column per peer present in the run."""
+    present = {c["server"] for c in cells}
+    return MATRIX_COLUMNS + [(RATIO_HEADERS[p], f"ratio_{p}", "{:.2f}x", ">") for p in PEERS if p in present]
+
+
+def matrix_notes(meta: dict) -> list[str]:
+    rounds = meta.get("rounds", 1)
+    return [
+        (f"Every figure is the median over {rounds} alternating rounds (the whole matrix once per round, the server order "
+         f"rotated each round), each measure taken on its own; spread = (highest - lowest req/s) / median over the rounds; "
+         f"errors are summed over the rounds." if rounds > 1 else
+         "One round: every figure is from one measured run per cell (spread needs --rounds 2 or more)."),
+        "req/s: 2xx answers per second of the measured run (after a separate warm-up run); rows/s = req/s x batch.",
+        "p50/p99: latency percentiles of the measured run (wrk's histogram for REST; h2load's per-request log for gRPC).",
+        "errors: non-2xx + socket errors (connect/read/write/timeout); for gRPC also calls whose answer carried no message (grpc-status != 0).",
+        "RSS MiB: peak over samples every 0.2 s of the sum of VmRSS over the server's process tree (pages shared between processes count in each).",
+        "srv CPU%: CPU time of the server's processes / wall time (200% = both cores); cli CPU%: the load tool's CPU time / wall time (100% = its core saturated: the figure is then client-bound).",
+        "vs <peer>: the row's req/s over that peer's req/s at the same batch and concurrency, against the peer's row with the same API "
+        "when it has one (KServe: V1 = REST TFS JSON, V2 JSON, V2 binary, gRPC V2), else the peer's JSON API (lean and naive: REST TFS JSON; "
+        "MLServer: REST V2 JSON). hotserve rows get every peer; peer rows only the lean app, the reference of issue 10's targets.",
+        "REST: wrk (one thread, pinned to the client core). gRPC: h2load, -c N connections with one stream each (-m 1), one thread pinned to the client core; C tools, so the client is not Python-bound.",
+    ]
 
 
 def _fmt(value, fmt) -> str:
@@ -50,13 +65,13 @@ def _fmt(value, fmt) -> str:
         return str(value)
 
 
-def matrix_rows(cells: list[dict]) -> list[list[str]]:
+def matrix_rows(cells: list[dict], meta: dict) -> list[list[str]]:
     rows = []
     for c in cells:
         row = []
-        for _h, key, fmt, _a in MATRIX_COLUMNS:
+        for _h, key, fmt, _a in matrix_columns(cells):
             if key == "server":
-                row.append(SERVER_LABEL.get(c["server"], c["server"]))
+                row.append(label(c["server"], meta))
             elif "failed" in c and key not in ("api_label", "batch", "concurrency"):
                 row.append("FAILED" if key == "rps" else "")
             else:
@@ -138,19 +153,26 @@ def render(results: dict) -> tuple[str, str]:
         md += [f"**INCOMPLETE:** {meta['incomplete']}", ""]
     cells = results.get("matrix")
     if cells:
-        headers = [c[0] for c in MATRIX_COLUMNS]
-        aligns = [c[3] for c in MATRIX_COLUMNS]
-        rows = matrix_rows(cells)
-        t1 = f"Table 1: throughput and latency ({meta['duration_s']:g} s per cell after {meta['warmup_s']:g} s warm-up)"
-        text += [t1, "", text_table(headers, rows, aligns), ""]
-        text += ["  " + n for n in MATRIX_NOTES]
-        md += [f"## {t1}", "", md_table(headers, rows, aligns), ""]
-        md += ["- " + n for n in MATRIX_NOTES]
-        failed = [c for c in cells if "failed" in c]
-        for c in failed:
-            msg = f"FAILED {c['server']} {c['api_label']} batch {c['batch']} conc {c['concurrency']}: {c['failed'].splitlines()[0]}"
-            text.append("  " + msg)
-            md.append("- " + msg)
+        cols = matrix_columns(cells)
+        headers, aligns = [c[0] for c in cols], [c[3] for c in cols]
+        rows = matrix_rows(cells, meta)
+        rounds = meta.get("rounds", 1)
+        t1 = (f"Table 1: throughput and latency ({meta['duration_s']:g} s per cell after {meta['warmup_s']:g} s warm-up, "
+              + (f"median of {rounds} alternating rounds)" if rounds > 1 else "one round)"))
+        legend = server_legend(cells, meta)
+        text += [t1, "", "Servers (every row's server, what it is):"]
+        text += [f"  {lab}: {what}" for lab, what in legend] + [""]
+        text += [text_table(headers, rows, aligns), ""]
+        text += ["  " + n for n in matrix_notes(meta)]
+        md += [f"## {t1}", "", "Servers:", ""] + [f"- **{lab}**: {what}" for lab, what in legend] + [""]
+        md += [md_table(headers, rows, aligns), ""]
+        md += ["- " + n for n in matrix_notes(meta)]
+        for c in cells:
+            where = f"{label(c['server'], meta)} {c['api_label']} batch {c['batch']} conc {c['concurrency']}"
+            msgs = ([f"FAILED {where}: {c['failed'].splitlines()[0]}"] if "failed" in c else
+                    [f"FAILED in some rounds, {where}: {m}" for m in c.get("failed_rounds", [])])
+            text += ["  " + m for m in msgs]
+            md += ["- " + m for m in msgs]
         text.append("")
         md.append("")
     s = results.get("swaps")
@@ -168,7 +190,27 @@ def render(results: dict) -> tuple[str, str]:
     elif results.get("swaps_error"):
         text += [f"Table 2: swaps under load FAILED: {results['swaps_error']}"]
         md += ["## Table 2: swaps under load", "", f"FAILED: {results['swaps_error']}"]
+    tg = results.get("targets")
+    if tg:
+        t3 = "Targets (issue 10): hotserve with default flags, ratios from this run"
+        headers, aligns = ["target", "goal", "measured", "status", "detail"], ["<", "<", ">", "<", "<"]
+        rows = [[t["target"], t["goal"], t["measured"], t["status"].upper() if t["status"] == "missed" else t["status"],
+                 t["detail"]] for t in tg]
+        summary = ", ".join(f"{sum(t['status'] == k for t in tg)} {k}" for k in ("met", "missed", "not measured"))
+        text += ["", t3, "", text_table(headers, rows, aligns), "", f"  {summary}.",
+                 "  Figures are table 1's cell medians and table 2's run; a target is met or missed on this run alone "
+                 "(see the spread column for how much the rounds agreed)."]
+        md += ["", f"## {t3}", "", md_table(headers, rows, aligns), "", f"{summary}."]
     return "\n".join(text).rstrip() + "\n", "\n".join(md).rstrip() + "\n"
+
+
+def server_legend(cells: list[dict], meta: dict) -> list[tuple[str, str]]:
+    """(label, what it is) for every server in table 1, in table order."""
+    out = []
+    for name in dict.fromkeys(c["server"] for c in cells):
+        procs = max((c.get("server_processes", 0) for c in cells if c["server"] == name), default=0)
+        out.append((label(name, meta), describe(name, meta, procs or None)))
+    return out
 
 
 def _meta_line(meta: dict) -> str:
@@ -189,12 +231,13 @@ def _jsonable(obj):
 
 
 def write(results: dict, results_dir: str) -> tuple[str, str, str]:
-    text, md = render(results)
     os.makedirs(results_dir, exist_ok=True)
     jpath, mpath = os.path.join(results_dir, "latest.json"), os.path.join(results_dir, "latest.md")
+    # The figures first: they survive a rendering bug (`python bench/run.py --render latest.json`).
     with open(jpath, "w") as f:
         json.dump(_jsonable(results), f, indent=1)
         f.write("\n")
+    text, md = render(results)
     with open(mpath, "w") as f:
         f.write(md)
     return text, jpath, mpath

@@ -1,5 +1,6 @@
-"""Start the three servers compared, on 127.0.0.1 only, each owned by the bench (stopped by
-procs.cleanup() on every exit path)."""
+"""Start the servers compared (hotserve's shapes and the peers: the lean app, the naive
+FastAPI app, KServe's ModelServer, MLServer), on 127.0.0.1 only, each owned by the bench
+(stopped by procs.cleanup() on every exit path)."""
 
 from __future__ import annotations
 
@@ -86,17 +87,18 @@ def start_hotserve(base_path: str, workdir: str, apis: list[str], extra_args: li
     return Server(name, sp.url, sp.grpc_target, owned, log_path, apis)
 
 
-def start_fastapi(model_path: str, workdir: str, workers: int = 2) -> Server:
-    """bench/peers/fastapi_app.py under uvicorn with `workers` worker processes."""
-    log_path = os.path.join(workdir, "fastapi.log")
+def _start_uvicorn_app(name: str, module: str, model_path: str, workdir: str, workers: int, uvicorn_args: list[str]) -> Server:
+    """A peer app in bench/peers/ under uvicorn with `workers` worker processes, in this
+    interpreter, answering TF Serving REST JSON at hotserve's path."""
+    log_path = os.path.join(workdir, f"{name}.log")
     port = procs.free_port()
-    cmd = [sys.executable, "-m", "uvicorn", "fastapi_app:app", "--app-dir", PEERS_DIR,
-           "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+    cmd = [sys.executable, "-m", "uvicorn", f"{module}:app", "--app-dir", PEERS_DIR,
+           "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), *uvicorn_args,
            "--no-access-log", "--log-level", "warning"]
     env = dict(os.environ, BENCH_MODEL_PATH=model_path)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=workdir)
-    owned = procs.Owned(proc, "fastapi", own_group=True)
+    owned = procs.Owned(proc, name, own_group=True)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_http(owned, f"{url}/v1/models/{MODEL}", log_path, 60)
@@ -104,7 +106,54 @@ def start_fastapi(model_path: str, workdir: str, workers: int = 2) -> Server:
     except BaseException:
         owned.stop()
         raise
-    return Server("fastapi", url, "", owned, log_path, ["tfs-json"])
+    return Server(name, url, "", owned, log_path, ["tfs-json"])
+
+
+def start_lean(model_path: str, workdir: str, workers: int = 2) -> Server:
+    """bench/peers/lean_app.py exactly as issue 10 defines the lean app:
+    uvicorn --workers 2 --loop uvloop --http httptools."""
+    return _start_uvicorn_app("lean", "lean_app", model_path, workdir, workers, ["--loop", "uvloop", "--http", "httptools"])
+
+
+def start_fastapi_naive(model_path: str, workdir: str, workers: int = 2) -> Server:
+    """bench/peers/fastapi_naive.py under uvicorn's defaults (uvloop and httptools when
+    installed, as they are here)."""
+    return _start_uvicorn_app("fastapi-naive", "fastapi_naive", model_path, workdir, workers, [])
+
+
+def start_kserve(python: str, model_path: str, workdir: str, apis: list[str], workers: int = 1) -> Server:
+    """kserve.ModelServer with bench/peers/kserve_onnx.py's ONNX model, in bench/.venv-kserve.
+    kserve's defaults except: 127.0.0.1, no log line per request, and --workers when not 1."""
+    log_path = os.path.join(workdir, "kserve.log")
+    run_dir = os.path.join(workdir, "kserve")
+    os.makedirs(run_dir, exist_ok=True)
+    http_port, grpc_port = procs.free_port(), procs.free_port()
+    cmd = [python, os.path.join(PEERS_DIR, "kserve_onnx.py"), "--model_name", MODEL, "--model_path", model_path,
+           "--http_port", str(http_port), "--grpc_port", str(grpc_port), "--enable_latency_logging", "false"]
+    if workers != 1:
+        cmd += ["--workers", str(workers)]
+    env = _foreign_venv_env()
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=run_dir)
+    owned = procs.Owned(proc, "kserve", own_group=True)
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+        _wait_http(owned, f"{url}/v1/models/{MODEL}", log_path, 120)
+        if workers > 1:
+            _wait_all_workers(owned, workers, url)
+    except BaseException:
+        owned.stop()
+        raise
+    return Server("kserve", url, f"127.0.0.1:{grpc_port}", owned, log_path, apis)
+
+
+def _foreign_venv_env() -> dict[str, str]:
+    """The environment for a peer running in its own venv: the project venv must not leak
+    into that interpreter."""
+    env = dict(os.environ)
+    for var in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME"):
+        env.pop(var, None)
+    return env
 
 
 def _wait_all_workers(owned: procs.Owned, workers: int, url: str, timeout: float = 60) -> None:
@@ -130,15 +179,12 @@ def start_mlserver(mlserver_exe: str, model_path: str, workdir: str) -> Server:
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "README*"))
     shutil.copy(model_path, os.path.join(repo, MODEL, "model.onnx"))
     http_port, grpc_port, metrics_port = procs.free_port(), procs.free_port(), procs.free_port()
-    env = dict(os.environ,
+    env = dict(_foreign_venv_env(),
                MLSERVER_HOST="127.0.0.1",
                MLSERVER_HTTP_PORT=str(http_port),
                MLSERVER_GRPC_PORT=str(grpc_port),
                MLSERVER_METRICS_PORT=str(metrics_port),
                MLSERVER_METRICS_DIR=os.path.join(workdir, "mlserver-metrics"))
-    # The project venv must not leak into MLServer's interpreter.
-    for var in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME"):
-        env.pop(var, None)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([mlserver_exe, "start", repo], stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True, cwd=repo)

@@ -1,8 +1,10 @@
-"""The FastAPI peer: the app people write to serve an ONNX model (pydantic request model,
-np.array(instances), session.run, .tolist()), answering TF Serving's REST JSON format.
+"""The naive FastAPI peer: the app people often write first to serve an ONNX model (pydantic
+request model, np.array(instances), session.run, .tolist(), a plain `def` endpoint in
+FastAPI's thread pool, onnxruntime's default threads), answering TF Serving's REST JSON
+format. The bench's stronger reference is lean_app.py.
 
 Run by the bench as
-    uvicorn fastapi_app:app --app-dir bench/peers --workers 2 --no-access-log
+    uvicorn fastapi_naive:app --app-dir bench/peers --workers 2 --no-access-log
 with BENCH_MODEL_PATH pointing at the ONNX file. Each worker process loads its own session
 with onnxruntime's default options.
 """
