@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 
 import httpx
 import numpy as np
@@ -288,7 +289,9 @@ def test_bad_requests_say_what_is_wrong(mlp, tmp_path, capsys):
         (["--eval", npz, "--prune", "1.5"], "between 0 and 1"),
         (["--eval", npz, "--quantize", "dynamic", "--version", "9"], "has no version 9; versions: [1]"),
         (["--eval", str(tmp_path / "nolabel.npz"), "--fp16"], "has no 'label' array"),
-        (["--eval", "feedback", "--fp16"], "--eval feedback is not available yet"),
+        (["--eval", "feedback", "--fp16"], "--eval feedback reads the learning store: give --feedback_store"),
+        (["--eval", "feedback", "--fp16", "--learning_dir", str(tmp_path / "empty")],
+         "the store holds 0 labelled example(s) of model 'default'"),
         (["--eval", npz, "--fp16", "--output", "nope"], "has no output 'nope'"),
     ]
     for args, fragment in cases:
@@ -296,6 +299,31 @@ def test_bad_requests_say_what_is_wrong(mlp, tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and fragment in err, (args, err)
     assert _versions(base) == [1]
+
+
+def test_eval_feedback_scores_on_the_learning_stores_labelled_examples(mlp, tmp_path, capsys):
+    from hotserve.learning.store import NewExample
+    from hotserve.learning.stores import open_store
+
+    mlp_onnx, _, split, _ = mlp
+    base = _repo_with(mlp_onnx, tmp_path)
+    learning_dir = str(tmp_path / "learning")
+    store = open_store(learning_dir)
+    rows = [NewExample({"x": x.astype(np.float32)}, {"label": np.asarray(y, np.int64)})
+            for x, y in zip(split.x_test[:200], split.y_test[:200])]
+    store.add_feedback("m", [], rows, now=time.time())
+    store.add_feedback("other", [], rows[:5], now=time.time())  # another model's examples are not read
+    store.close()
+    code = main(["optimize", "--model_base_path", base, "--eval", "feedback", "--learning_dir", learning_dir,
+                 "--model_name", "m", "--feedback_examples", "150", "--fp16", "--runs", "5",
+                 "--max_metric_drop", "1", "--min_speedup", "0.000001"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    # The parent's accuracy on the 150 most recent examples, as the table and the gate report it.
+    parent = float((_ort(os.path.dirname(mlp_onnx), {"x": split.x_test[50:200].astype(np.float32)}).argmax(1)
+                    == split.y_test[50:200]).mean())
+    assert f"{parent:.4f}" in out, out
+    assert "150 rows" in out, out
 
 
 # -- publishing: lineage and canary -------------------------------------------------------------------

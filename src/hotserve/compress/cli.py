@@ -67,6 +67,12 @@ def add_commands(sub, _flag: Callable[..., None], _non_negative: Callable[[type]
                "routing intent into the repository's routing store)")
     _flag(p, "token", default=None, help=f"admin token for --url (default: ${ENV_VAR})")
     _flag(p, "model_name", default="default", help="the model's name on the server at --url (default 'default')")
+    _flag(p, "feedback_store", default=None, metavar="URL",
+          help="with --eval feedback: the learning store (redis://host:port/db, sqlite:///path, or the server's "
+               "--learning_dir) whose recent labelled examples of --model_name are the eval data")
+    _flag(p, "learning_dir", default=None, metavar="DIR", help="with --eval feedback: the server's --learning_dir")
+    _flag(p, "feedback_examples", type=_count, default=5000, metavar="N",
+          help="with --eval feedback: how many of the most recent labelled examples (default 5000)")
     _flag(p, "workdir", default=None, help="keep the built variants here (default: a temporary directory, removed)")
     p.set_defaults(func=_cmd_optimize)
 
@@ -82,7 +88,8 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         optimize_graph=args.optimize_graph, metric=args.metric, output=args.output,
         max_metric_drop=args.max_metric_drop, min_speedup=args.min_speedup, batch_size=args.batch_size,
         runs=args.runs, intra_op=args.intra_op, inter_op=args.inter_op, publish=args.publish, canary=args.canary,
-        url=args.url, token=args.token or os.environ.get(ENV_VAR), model_name=args.model_name, workdir=args.workdir)
+        url=args.url, token=args.token or os.environ.get(ENV_VAR), model_name=args.model_name, workdir=args.workdir,
+        feedback_store=args.feedback_store or args.learning_dir, feedback_examples=args.feedback_examples)
     say = lambda msg: print(msg, flush=True)
     try:
         result = run(opts, say)

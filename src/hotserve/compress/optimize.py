@@ -62,6 +62,8 @@ class Options:
     url: str | None = None
     token: str | None = None
     model_name: str = "default"
+    feedback_store: str | None = None  # --eval feedback: the learning store's URL or directory
+    feedback_examples: int = 5000
     workdir: str | None = None
 
 
@@ -118,17 +120,45 @@ def _resolve_version(base: str, version: int | None) -> tuple[str, int]:
     return path, version
 
 
-def _load_eval(path: str) -> dict[str, np.ndarray]:
+def _load_eval(path: str, opts: "Options | None" = None) -> dict[str, np.ndarray]:
     if path == "feedback":
-        # The learning store (hotserve.learning) is built on another branch; until its labelled
-        # examples are wired in here, say so rather than guess at its interface.
-        raise OptimizeError("--eval feedback is not available yet: it needs the learning store's labelled examples "
-                            "(hotserve.learning), which this build does not wire in; give an .npz file (one array per "
-                            "model input plus 'label')")
+        return _feedback_eval(opts)
     try:
         return accuracy.load_npz(path)
     except HotserveError as exc:
         raise OptimizeError(f"--eval: {exc}") from None
+
+
+def _feedback_eval(opts: "Options | None") -> dict[str, np.ndarray]:
+    """The learning store's most recent labelled examples of the model, as eval data: one
+    array per input (rows stacked) plus 'label'."""
+    if opts is None or not opts.feedback_store:
+        raise OptimizeError("--eval feedback reads the learning store: give --feedback_store (redis://...) or "
+                            "--learning_dir (the server's SQLite store) and --model_name")
+    from hotserve.learning.stores import open_store
+
+    try:
+        store = open_store(opts.feedback_store)
+    except Exception as exc:
+        raise OptimizeError(f"--eval feedback: cannot open the feedback store {opts.feedback_store}: {exc}") from exc
+    try:
+        examples = store.recent_examples(opts.model_name, opts.feedback_examples)
+    finally:
+        store.close()
+    if len(examples) < 2:
+        raise OptimizeError(f"--eval feedback: the store holds {len(examples)} labelled example(s) of model "
+                            f"{opts.model_name!r}; at least 2 are needed (post feedback first)")
+    from hotserve.learning.trainer import Batch
+
+    names, label_keys = set(examples[0].inputs), list(examples[0].label)
+    if len(label_keys) != 1 or any(set(e.inputs) != names or list(e.label) != label_keys for e in examples):
+        raise OptimizeError("--eval feedback: the examples must all have the same inputs and exactly one label "
+                            f"(the first has inputs {sorted(names)} and labels {label_keys})")
+    try:
+        batch = Batch.of(examples)
+    except ValueError as exc:  # rows of different shapes cannot be stacked
+        raise OptimizeError(f"--eval feedback: the examples' rows do not stack into one batch: {exc}") from None
+    return {**batch.inputs, "label": batch.labels[label_keys[0]]}
 
 
 def _split(inputs: dict, labels: np.ndarray) -> tuple[tuple[dict, np.ndarray], tuple[dict, np.ndarray]]:
@@ -256,7 +286,11 @@ def run(opts: Options, say: Callable[[str], None] = print) -> Result:
     asked. Raises OptimizeError for mistakes in what was asked."""
     _validate(opts)
     parent_dir, parent_version = _resolve_version(opts.model_base_path, opts.version)
-    data = _load_eval(opts.eval)
+    data = _load_eval(opts.eval, opts)
+    source = (f"the most recent labelled examples of {opts.model_name!r} in {opts.feedback_store}"
+              if opts.eval == "feedback" else opts.eval)
+    if accuracy.LABEL in data:  # without it split_inputs below says what is missing
+        say(f"eval data: {len(data[accuracy.LABEL])} rows from {source}")
     runtime = RuntimeOptions(opts.intra_op, opts.inter_op)
     try:
         parent = load_servable(parent_dir, runtime)
