@@ -85,6 +85,12 @@ class Storage(Protocol):
     def put_file(self, local_src: str, path: str) -> None:
         """Copy a local file to path (upload: multipart for large files). Durable on return."""
 
+    def create_new(self, path: str, data: bytes) -> bool:
+        """Create path with data only if it does not exist yet (False if it does): the commit of a
+        parameter delta, so two writers never both take one sequence number. Local: a link of a
+        synced temp file; S3: a conditional PUT; stores without either: exists + write (one
+        writer per version there)."""
+
     def makedirs(self, path: str) -> None:
         ...
 
@@ -193,6 +199,26 @@ class LocalStorage:
                 pass
             raise
         _fsync(directory)
+
+    def create_new(self, path: str, data: bytes) -> bool:
+        directory = os.path.dirname(path) or "."
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)  # fails if path exists: atomic create-if-absent, complete when visible
+            except FileExistsError:
+                return False
+        finally:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        _fsync(directory)
+        return True
 
     def put_file(self, local_src: str, path: str) -> None:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

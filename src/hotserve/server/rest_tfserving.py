@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hotserve.core import inference
+from hotserve.core import inference, parameters
 from hotserve.core.loaded import LoadedVersion
 from hotserve.errors import InvalidArgument, MethodNotAllowed, NotFound, clip
 from hotserve.protocols import tf_examples
@@ -35,6 +35,7 @@ def reply_of(done: Done) -> Reply:
         reply = Reply(200, body, done.version, headers)
     if done.request_id is not None:
         reply.headers = [*(reply.headers or [JSON]), (ID_HEADER, done.request_id.encode("latin-1", "replace"))]
+    reply.revision = done.revision
     return reply
 
 
@@ -83,6 +84,12 @@ class V1Routes:
         if label is not None:
             version = mm.label_version(label)
         doc = tfs.status_doc(mm.statuses(version))
+        revisions = parameters.describe_loaded(mm)
+        for entry in doc["model_version_status"]:
+            p = revisions.get(int(entry["version"]))
+            if p is not None:  # the parameter revision it serves and how it got there (live parameter deltas)
+                entry["revision"] = p["revision"]
+                entry["parameters"] = p
         outage = mm.storage_status()
         if outage is not None:  # only during a storage outage: served versions are kept, this says why nothing changes
             doc["storage"] = outage
@@ -122,6 +129,10 @@ class V1Routes:
         lv = self.ctx.manager.acquire(name, version, label)
         try:
             doc = tfs.metadata_doc(name, lv.version, lv.servable.signatures)
-            return Reply(200, tfs.dumps(doc), lv.version_str)
+            if lv.lv.params is not None:
+                doc["parameters"] = lv.lv.params.describe()
+            reply = Reply(200, tfs.dumps(doc), lv.version_str)
+            reply.revision = lv.revision_str
+            return reply
         finally:
             lv.release()
