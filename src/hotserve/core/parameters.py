@@ -169,7 +169,7 @@ class ParameterKeeper:
                 self._switch_delta(entry, tensors, undo, extra)
                 ms = (time.perf_counter() - t0) * 1000.0
                 self.bus.publish(DeltaApplied(self.model, self.version, revision, entry.parent, names, rows, nbytes, ms,
-                                              source))
+                                              source, entry.seq))
                 return Result(self.model, self.version, revision, ms)
         except HotserveError as exc:
             self.bus.publish(DeltaRejected(self.model, self.version, exc.code.value, exc.message, source))
@@ -246,6 +246,8 @@ class ParameterKeeper:
                     updates = validate(self.specs, _updates(self.log.read_updates(e)))
                     tensors, undo, extra = self._build(updates)
                     self._switch_delta(e, tensors, undo, extra)
+                    self.bus.publish(DeltaApplied(self.model, self.version, e.revision, e.parent, e.tensors, e.rows,
+                                                  e.nbytes, max(0.0, time.time() - e.time) * 1000.0, e.source, e.seq))
                 elif e.kind == "rollback":
                     before = self.revision
                     self._go_to(e.revision, e.seq)

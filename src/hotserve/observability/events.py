@@ -425,6 +425,11 @@ class LearnerCandidate(Event):
         if self.outcome == "published":
             return (f"model {self.model}: learner published version {self.version} trained on {self.examples} new "
                     f"example(s) up to watermark {self.watermark}: candidate ({cand}) vs {against}")
+        if self.outcome == "published_delta":
+            return (f"model {self.model}: learner published a parameter delta of version {self.version} trained on "
+                    f"{self.examples} new example(s) up to watermark {self.watermark}: candidate ({cand}) vs {against}")
+        if self.outcome == "unchanged":
+            return f"model {self.model}: learner candidate changed no parameter; nothing published"
         if self.outcome == "refused":
             return (f"model {self.model}: learner gate REFUSED a candidate trained on {self.examples} example(s): "
                     f"{self.metric} candidate ({cand}) vs {against}, max_metric_drop {self.max_metric_drop:g}: {self.reason}")
@@ -506,8 +511,9 @@ class DeltaApplied(Event):
     tensors: tuple[str, ...] = ()
     rows: int = 0
     bytes: int = 0
-    applied_ms: float = 0.0
+    applied_ms: float = 0.0  # its arrival (or, following another writer, its commit) -> the switch
     source: str = ""
+    seq: int = 0  # its entry in the version's delta log
 
     def summary(self) -> str:
         return (f"model {self.model} version {self.version}: serving revision {self.revision} (from {self.parent}): "
