@@ -126,13 +126,13 @@ class V1Routes:
         return prepare, execute
 
     def _metadata(self, name: str, version: int | None, label: str | None) -> Reply:
-        lv = self.ctx.manager.acquire(name, version, label)
+        bound = self.ctx.manager.acquire(name, version, label)
         try:
-            doc = tfs.metadata_doc(name, lv.version, lv.servable.signatures)
-            if lv.lv.params is not None:
-                doc["parameters"] = lv.lv.params.describe()
-            reply = Reply(200, tfs.dumps(doc), lv.version_str)
-            reply.revision = lv.revision_str
+            doc = tfs.metadata_doc(name, bound.version, bound.servable.signatures)
+            if bound.lv.params is not None:  # the revision, whether it takes deltas, its history
+                doc["parameters"] = bound.lv.params.describe()
+            reply = Reply(200, tfs.dumps(doc), bound.version_str)
+            reply.revision = bound.revision_str
             return reply
         finally:
-            lv.release()
+            bound.release()
