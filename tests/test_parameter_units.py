@@ -214,3 +214,36 @@ def test_the_scanner_keeps_deltas_out_of_the_fingerprint_and_polls_cheaply(tmp_p
     third = scanner.scan(now=3.0)  # nothing changed: three stats for a version with a delta log
     assert third.complete[1].deltas == 20
     assert [c[0] for c in storage.calls if "/1" in c[1]] == ["stat", "stat", "stat"]
+
+
+def test_a_python_models_update_parameters_hook_builds_the_next_state(tmp_path):
+    from hotserve.runtimes.python import PythonServable
+
+    (tmp_path / "model.py").write_text(
+        "import numpy as np\n"
+        "SIGNATURE = {'inputs': {'x': ('float32', [-1, 2])}, 'outputs': {'y': ('float32', [-1, 2])}}\n"
+        "PARAMETERS = {'w': np.ones(2, np.float32), 'w2': np.full(2, 2, np.float32)}\n"
+        "def predict(inputs, params):\n"
+        "    return {'y': inputs['x'] * params['w2']}\n"
+        "def update_parameters(params, updates):\n"
+        "    out = dict(params)\n"
+        "    for u in updates:\n"
+        "        out[u.name] = np.array(u.values, np.float32)\n"
+        "    out['w2'] = out['w'] * 2  # a derived tensor the model keeps in step\n"
+        "    return out\n")
+    py = PythonServable(str(tmp_path))
+    keeper = ParameterKeeper("p", 1, py, LocalStorage(), str(tmp_path), EventBus())
+    lv = LoadedVersion("p", 1, py, 0, keeper.view(), keeper.state)
+    keeper.attach(lv)
+    held = lv.try_acquire()
+    keeper.apply([("w", np.full(2, 5, np.float32), None)])
+    b = lv.try_acquire()
+    x = {"x": np.ones((1, 2), np.float32)}
+    assert b.servable.predict(x)["y"].tolist() == [[10.0, 10.0]] and b.revision == 1
+    assert held.servable.predict(x)["y"].tolist() == [[2.0, 2.0]] and held.revision == 0
+    b.release()
+    held.release()
+    keeper.rollback(0)
+    b = lv.try_acquire()
+    assert b.servable.predict(x)["y"].tolist() == [[2.0, 2.0]]
+    b.release()

@@ -278,14 +278,19 @@ class ParameterKeeper:
             for e in entries:
                 if e.kind == "delta":
                     self.parents[e.revision] = e.parent
-            target, chain = chain_to(entries)
-            for e in chain:
-                updates = validate(self.specs, _updates(self.log.read_updates(e)))
-                tensors, undo, extra = self._build(updates)
-                self._switch_delta(e, tensors, undo, extra)
-            self.applied_seq = entries[-1].seq
             self.max_revision = max(e.revision for e in entries)
-            self.revision = target
+            try:
+                target, chain = chain_to(entries)
+                for e in chain:
+                    updates = validate(self.specs, _updates(self.log.read_updates(e)))
+                    tensors, undo, extra = self._build(updates)
+                    self._switch_delta(e, tensors, undo, extra)
+            except (HotserveError, DeltaLogError) as exc:
+                # Serve the last revision that replayed cleanly; the log is not retried entry by entry.
+                self.bus.publish(DeltaRejected(self.model, self.version, getattr(getattr(exc, "code", None), "value",
+                                                                                  "DATA_LOSS"),
+                                               f"replay stopped at revision {self.revision}: {exc}", "log"))
+            self.applied_seq = entries[-1].seq
             self._fold_now()
             self.bus.publish(DeltaReplayed(self.model, self.version, self.revision, len(entries),
                                            time.perf_counter() - t0, "load"))
