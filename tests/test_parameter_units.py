@@ -135,6 +135,7 @@ def _score(lv, item: int) -> float:
 def test_keeper_revisions_bind_requests_fold_and_roll_back(tmp_path):
     keeper, lv, path = _keeper(tmp_path)
     s0 = _score(lv, 3)
+    base_scores = [_score(lv, i) for i in (10, 11, 12, 13)]
     held = lv.try_acquire()  # a request in flight on revision 0
     r1 = keeper.apply([("item_embedding", np.ones((1, 4), np.float32), np.array([3]))])
     assert r1.revision == 1 and lv.head.revision == 1 and held.revision == 0
@@ -156,8 +157,13 @@ def test_keeper_revisions_bind_requests_fold_and_roll_back(tmp_path):
     for i in range(4):  # revisions 2..5; keep=3: undo kept for the newest three
         keeper.apply([("item_embedding", np.full((1, 4), float(i), np.float32), np.array([10 + i]))])
     assert lv.head.revision == 5
-    with pytest.raises(HotserveError, match="further back than the 3 revisions kept"):
-        keeper.rollback(1)
+    scores5 = [_score(lv, i) for i in (3, 10, 11, 12, 13)]
+    keeper.rollback(1)  # further back than the 3 kept revisions: rebuilt from the version's file and the log
+    assert lv.head.revision == 1 and [_score(lv, i) for i in (3, 10, 11, 12, 13)] == [s1, *base_scores]
+    keeper.rollback(0)
+    assert [_score(lv, i) for i in (3, 10, 11, 12, 13)] == [s0, *base_scores]
+    keeper.rollback(5)
+    assert [_score(lv, i) for i in (3, 10, 11, 12, 13)] == scores5
     keeper.rollback(2)
     assert lv.head.revision == 2 and _score(lv, 3) == s1
     keeper.rollback(5)  # forward: replayed from the log

@@ -15,8 +15,8 @@ A `ParameterKeeper` per loaded version owns its revisions:
   same revision.
 - **rollback** to an earlier revision is instant while it is within the `keep` revisions whose
   undo data is kept in memory (each as big as its delta); a later revision on the log (roll
-  forward) is replayed from disk; anything older than the kept history is refused with the
-  reason (compact, or publish a version).
+  forward) is replayed from disk; anything older than the kept history is rebuilt from the
+  version's files (the touched tensors' initial values) and the log.
 - **fold**: once every older state drained, table overlays are written into the shared table in
   place (RCU), so lookups stay a plain numpy take and memory stays one table.
 
@@ -36,6 +36,8 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+
+import numpy as np
 
 from hotserve.core.loaded import Bound, LoadedVersion
 from hotserve.errors import Code, HotserveError, InvalidArgument, NotFound
@@ -347,15 +349,20 @@ class ParameterKeeper:
             needed = self._ancestors(self.revision)
             needed = needed[:needed.index(lca)]
             if any(r not in revs for r in needed):
-                oldest = min(revs) - 1 if revs else self.revision
-                raise HotserveError(
-                    f"revision {target} of model {self.model} version {self.version} is further back than the "
-                    f"{self.keep} revisions kept in memory (earliest reachable: {oldest}); roll back to a kept "
-                    "revision, or publish a version built from the one you want", Code.FAILED_PRECONDITION)
+                if getattr(self.servable, "initial_values", None) is None:
+                    raise HotserveError(
+                        f"revision {target} of model {self.model} version {self.version} is further back than the "
+                        f"{self.keep} revisions kept in memory, and this runtime cannot re-read its initial values; "
+                        "roll back to a kept revision, or publish a version built from the one you want",
+                        Code.FAILED_PRECONDITION)
+                return -1, [target]  # beyond the kept history: rebuilt from the version's files and the log
         return lca, forward
 
     def _walk(self, plan: tuple[int, list[int]]) -> None:
         lca, forward = plan
+        if lca == -1:
+            self._rebuild_from_disk(forward[0])
+            return
         if lca != self.revision:
             self._undo_to(lca)
         by_rev = {}
@@ -372,6 +379,45 @@ class ParameterKeeper:
             self._switch_delta(e, tensors, undo, extra)
             self.applied_seq = seq  # replaying an old entry does not move the log position
             self.history.pop()  # already in history when first applied
+
+    def _rebuild_from_disk(self, target: int) -> None:
+        """A revision older than the kept history: every row (or tensor) the served revision's or
+        the target's deltas touched goes back to the version's file values, then the target's
+        deltas are replayed from the log, as one copy-on-write step (reading the touched tensors'
+        initial values once, from the version's files)."""
+        entries = [self.log.entry(s) for s in self.log.commits()]
+        _, head_chain = chain_to(entries, self.revision)
+        _, target_chain = chain_to(entries, target)
+        logged = {e.seq: [Update(*u) for u in self.log.read_updates(e)] for e in {*head_chain, *target_chain}}
+        whole: set[str] = set()
+        rows: dict[str, list] = {}
+        for e in {*head_chain, *target_chain}:
+            for u in logged[e.seq]:
+                if u.rows is None:
+                    whole.add(u.name)
+                else:
+                    rows.setdefault(u.name, []).append(u.rows)
+        initial = self.servable.initial_values(sorted(whole | set(rows)))
+        reset = [Update(n, initial[n]) for n in sorted(whole)]
+        for n, parts in rows.items():
+            if n not in whole:
+                r = np.unique(np.concatenate(parts))
+                reset.append(Update(n, np.asarray(initial[n])[r], r))
+        del initial
+        saved = self.state
+        try:
+            if reset:
+                tensors, _, extra = self._build(reset)
+                self.state = ParamState(tensors, extra)
+            for e in target_chain:
+                tensors, _, extra = self._build(logged[e.seq])
+                self.state = ParamState(tensors, extra)
+        except BaseException:
+            self.state = saved
+            raise
+        new_state, self.state = self.state, saved
+        self.chain = [_Rev(e.revision, e.parent, None, e.info()) for e in target_chain][-self.keep:]
+        self._switch(new_state, target)
 
     def _undo_to(self, target: int) -> None:
         undos = []

@@ -124,6 +124,7 @@ class OnnxServable:
 
         self._ort = ort
         path = os.path.join(version_dir, MODEL_FILE)
+        self._path = path
         self._intra, self._inter = intra_op_threads, inter_op_threads
         self.param_specs: dict[str, ParamSpec] = {}
         self.not_updatable = ""
@@ -199,6 +200,18 @@ class OnnxServable:
 
     def predict(self, inputs: Mapping[str, np.ndarray], signature_name: str = DEFAULT_SIGNATURE) -> dict[str, np.ndarray]:
         return self.predict_state(self.current, inputs, signature_name)
+
+    def initial_values(self, names: list[str]) -> dict[str, np.ndarray]:
+        """The named tensors as the version's model.onnx holds them (a rollback beyond the kept
+        history; reads the file once, keeps only these tensors)."""
+        import onnx
+        from onnx import numpy_helper
+
+        wanted = set(names)
+        model = onnx.load(self._path)
+        out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name in wanted}
+        del model
+        return out
 
     def export_state(self, state: ParamState, version_dir: str, out_dir: str) -> None:
         """Write model.onnx with `state`'s values in its initializers (compaction)."""

@@ -97,9 +97,13 @@ class PythonServable:
             tensors[str(name)] = arr
         self.param_specs = {n: ParamSpec(n, a.dtype, tuple(a.shape)) for n, a in tensors.items()}
         self.current = ParamState(tensors)
+        self._initial = dict(tensors)  # shared with revision 0; only tensors deltas replaced cost memory
         self._hook = getattr(module, "update_parameters", None)
 
     # -- live parameters (core/parameters.py) -----------------------------------------------
+    def initial_values(self, names: list[str]) -> dict[str, np.ndarray]:
+        return {n: self._initial[n] for n in names}
+
     def state_extra(self, old: ParamState, tensors: dict, touched: set[str]):
         return None
 
