@@ -382,3 +382,38 @@ def test_a_runtime_without_deltas_says_so(tmp_path):
         assert meta["updatable"] is False and "PARAMETERS" in meta["reason"]
     finally:
         server.stop()
+
+
+def test_the_guard_reverts_a_delta_that_makes_the_online_metric_worse(tmp_path):
+    base, build = str(tmp_path / "models" / "m"), str(tmp_path / "build")
+    _publish_model(base, build)
+    server = _start(tmp_path, base, "--learning_dir", str(tmp_path / "learn"), "--parameter_guard_margin", "0.01",
+                    "--parameter_guard_examples", "40", name="guard")
+    try:
+        items = np.arange(40)
+        dense = np.random.default_rng(3).standard_normal((40, DENSE)).astype(np.float32)
+        truth, _ = scores(server, items, dense)  # the labels the world will report: revision 0 is right
+
+        def feedback() -> None:
+            ex = [{"inputs": {"item": int(i), "dense": d.tolist()}, "label": [float(t[0])]} for i, d, t in zip(items, dense, truth)]
+            r = httpx.post(server.url + "/v1/models/m:feedback", json={"examples": ex}, timeout=30)
+            assert r.status_code == 200, r.text
+
+        after = json.loads(server.get("/v1/events?after=0")[1])["last"]
+        bad = update(server, {"updates": [{"name": "item_embedding", "rows": list(range(20)), "values": [[3.0] * DIM] * 20}]})
+        assert bad.status_code == 200 and bad.json()["revision"] == 1
+        feedback()
+        ev = wait_event(server, "delta_reverted", after=after, source="guard")
+        assert ev["revision"] == 0 and ev["from_revision"] == 1 and "mse" in ev["reason"] and "margin 0.01" in ev["reason"]
+        back, rev = scores(server, items, dense)
+        assert rev == 0 and np.array_equal(back, truth)
+        assert 'hotserve_parameter_deltas_total{model="m",outcome="reverted_guard"} 1' in httpx.get(server.url + "/metrics").text
+        # A harmless delta (a row no example uses) is kept.
+        ok = update(server, {"updates": [{"name": "item_embedding", "rows": [999], "values": [[3.0] * DIM]}]})
+        assert ok.status_code == 200 and ok.json()["revision"] == 2  # a rollback takes no revision number
+        feedback()
+        wait_for(lambda: re.search(r"delta guard: model m version 1 revision 2 mse 0\.0+ vs revision 0", server.log()), 20,
+                 "the guard to judge revision 2")
+        assert served_revision(server) == 2
+    finally:
+        server.stop()

@@ -298,6 +298,32 @@ class ParameterKeeper:
                                            time.perf_counter() - t0, "load"))
             return len(entries)
 
+    # -- reading another revision (the delta guard) -----------------------------------------------
+    def locked(self):
+        """Hold off deltas and folds while states from view_of() are read."""
+        return self._lock
+
+    def view_of(self, revision: int):
+        """The servable seen through `revision` without serving it: the head, or an ancestor
+        within the kept history (built copy-on-write from the undo data); None if further back.
+        Read it under locked(): a fold of a later delta does not know about this state."""
+        with self._lock:
+            if revision == self.revision:
+                return StateView(self.servable, self.state)
+            undos = []
+            rev = self.revision
+            for r in reversed(self.chain):
+                if rev == revision:
+                    break
+                if r.revision != rev or r.undo is None:
+                    return None
+                undos.append(r.undo)
+                rev = r.parent
+            if rev != revision:
+                return None
+            tensors, _, extra = self._build(compose_undo(undos))
+            return StateView(self.servable, ParamState(tensors, extra))
+
     # -- rollback -------------------------------------------------------------------------------
     def rollback(self, target: int, reason: str = "operator", source: str = "operator") -> Result:
         """Serve revision `target` now (durably: a rollback entry in the log first)."""

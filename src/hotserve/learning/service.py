@@ -63,10 +63,14 @@ class LearningService:
         self._thread.start()
         return self
 
+    guard = None  # learning.guard.DeltaGuard with --parameter_guard_margin
+
     def stop(self) -> None:
         self._stop.set()
         if self._unsubscribe:
             self._unsubscribe()
+        if self.guard is not None:
+            self.guard.stop()
         self.log.stop()
         self._thread.join(5)
         self.store.close()
