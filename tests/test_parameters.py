@@ -152,7 +152,7 @@ def test_a_delta_changes_exactly_the_rows_it_writes(emb):
         assert dict(call.trailing_metadata())["x-model-revision"] == str(rev0 + 2)
     # Status and metadata list the history: tensors, rows, source.
     st = json.loads(server.get("/v1/models/m")[1])["model_version_status"][0]
-    hist = st["parameters"]["history"]
+    hist = st["revision_history"]
     assert st["revision"] == rev0 + 2 and hist[0]["tensors"] == ["head.bias"]
     assert hist[1]["tensors"] == ["item_embedding"] and hist[1]["rows"] == 4 and hist[1]["source"] == "api"
     meta = json.loads(server.get("/v1/models/m/metadata")[1])

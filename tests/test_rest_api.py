@@ -16,8 +16,10 @@ def test_status_shape(repo, start_server):
     affine_version(base, 1, build)
     server = start_server(base)
     with httpx.Client() as c:
+        # TF Serving's fields, plus the parameter revision the version serves (live parameter deltas).
         assert c.get(server.url + "/v1/models/m").json() == {
-            "model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]
+            "model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""},
+                                      "revision": 0}]
         }
         assert c.get(server.url + "/v1/models/m/versions/1").json()["model_version_status"][0]["version"] == "1"
         r = c.get(server.url + "/v1/models/m/versions/7")

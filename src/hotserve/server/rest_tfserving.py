@@ -87,9 +87,10 @@ class V1Routes:
         revisions = parameters.describe_loaded(mm)
         for entry in doc["model_version_status"]:
             p = revisions.get(int(entry["version"]))
-            if p is not None:  # the parameter revision it serves and how it got there (live parameter deltas)
+            if p is not None:  # beyond TF Serving's fields: the parameter revision it serves and how it got there
                 entry["revision"] = p["revision"]
-                entry["parameters"] = p
+                if p.get("history"):
+                    entry["revision_history"] = p["history"]
         outage = mm.storage_status()
         if outage is not None:  # only during a storage outage: served versions are kept, this says why nothing changes
             doc["storage"] = outage
