@@ -209,6 +209,19 @@ def test_rollback_to_a_revision_is_instant_and_forward_again(emb, tmp_path):
         s, rev = scores(server, items, dense)
         revs.append(rev)
         outs.append(s)
+    # One more through the command line, as safetensors, naming the revision it builds on.
+    path = tmp_path / "delta.safetensors"
+    path.write_bytes(st_save({"item_embedding.rows": np.array([40], np.int64),
+                              "item_embedding.values": np.full((1, DIM), 4.0, np.float32)}))
+    out = subprocess.run([sys.executable, "-m", "hotserve", "update", "m", "--version", "1", str(path), "--url", server.url,
+                          "--token", TOKEN, "--expect_revision", str(revs[-1])], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and f"serving revision {revs[-1] + 1}" in out.stdout, out.stdout + out.stderr
+    s, rev = scores(server, items, dense)
+    revs.append(rev)
+    outs.append(s)
+    stale = subprocess.run([sys.executable, "-m", "hotserve", "update", "m", "--version", "1", str(path), "--url", server.url,
+                            "--token", TOKEN, "--expect_revision", str(revs[1])], capture_output=True, text=True, timeout=60)
+    assert stale.returncode != 0 and "HTTP 409" in stale.stderr
     cli = [sys.executable, "-m", "hotserve", "rollback", "m", "--url", server.url, "--token", TOKEN]
     out = subprocess.run([*cli, "--revision", f"1.{revs[1]}"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and f"serving revision {revs[1]}" in out.stdout, out.stdout + out.stderr
@@ -217,10 +230,10 @@ def test_rollback_to_a_revision_is_instant_and_forward_again(emb, tmp_path):
     s, rev = scores(server, items, dense)
     assert rev == revs[1] and np.array_equal(s, outs[1])
     # Forward again to the newest: replayed from the delta log on disk.
-    r = httpx.post(server.url + "/v1/admin/models/m/rollback", json={"revision": f"1.{revs[3]}"}, headers=AUTH, timeout=30)
-    assert r.status_code == 200 and r.json()["revision"] == revs[3], r.text
+    r = httpx.post(server.url + "/v1/admin/models/m/rollback", json={"revision": f"1.{revs[4]}"}, headers=AUTH, timeout=30)
+    assert r.status_code == 200 and r.json()["revision"] == revs[4], r.text
     s, rev = scores(server, items, dense)
-    assert rev == revs[3] and np.array_equal(s, outs[3])
+    assert rev == revs[4] and np.array_equal(s, outs[4])
     assert httpx.post(server.url + "/v1/admin/models/m/rollback", json={"revision": "1.999"}, headers=AUTH).status_code == 404
     assert httpx.post(server.url + "/v1/admin/models/m/rollback", json={"revision": "seven"}, headers=AUTH).status_code == 400
 
