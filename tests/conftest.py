@@ -76,6 +76,13 @@ def repo(tmp_path):
     return str(base), str(build)
 
 
+def one_worker_unless_asked(flags) -> list[str]:
+    """The flags, plus --num_workers 1 unless they name a worker count: tests reason about one
+    process's events and state; the default shape (a worker per core) is tested on its own."""
+    flags = list(flags)
+    return flags if any(f.startswith(("--num_workers", "--num-workers")) for f in flags) else ["--num_workers", "1", *flags]
+
+
 @pytest.fixture
 def start_server(tmp_path):
     """start_server(base, *flags) -> a started ServerProcess serving model 'm'; all are stopped at teardown."""
@@ -85,9 +92,8 @@ def start_server(tmp_path):
               env: dict | None = None) -> ServerProcess:
         """base=None: the flags name the models (--model_config_file)."""
         model = ["--model_name", "m", "--model_base_path", base] if base is not None else []
-        # One process unless a test asks for workers: the default (one per core) is tested on its own.
-        workers = [] if any(f.startswith(("--num_workers", "--num-workers")) for f in flags) else ["--num_workers", "1"]
-        args = [*model, "--file_system_poll_wait_seconds", "0.2", "--version_settle_seconds", "0.5", *workers, *flags]
+        args = [*model, "--file_system_poll_wait_seconds", "0.2", "--version_settle_seconds", "0.5",
+                *one_worker_unless_asked(flags)]
         server = ServerProcess(args, str(tmp_path / f"server{len(servers)}.log"), env=env, prefix=prefix)
         servers.append(server)
         server.start()

@@ -69,13 +69,13 @@ def test_route_acquire_skips_retired_and_reports_empty():
         route.acquire()
     old, new = lv(1), lv(2)
     route.table = RouteTable({1: old}, old)
-    got = route.acquire()
-    assert got is old and old.in_flight == 1
+    got = route.acquire()  # a handle on (version 1, its current revision)
+    assert got.lv is old and got.revision == 0 and old.in_flight == 1
     old.retire()
     assert not old.wait_drained(0)  # still in flight
     route.table = RouteTable({2: new}, new)
-    assert route.acquire() is new
-    old.release()
+    assert route.acquire().lv is new
+    got.release()
     assert old.wait_drained(0)
 
 

@@ -127,3 +127,19 @@ def test_versions_command(tmp_path):
     lines = out.stdout.splitlines()
     assert "published (manifest), sha256 verified" in lines[1] and lines[1].split()[:2] == ["1", "yes"]
     assert lines[2].split()[:2] == ["2", "no"] and "empty directory" in lines[2]
+
+
+def test_written_files_take_the_umask_mode_not_mkstemps(tmp_path):
+    """A repository published by one user is read by a server running as another: manifests
+    and delta files get the mode a plain open() gives (0644 under umask 022), not 0600."""
+    old = os.umask(0o022)
+    try:
+        base = str(tmp_path / "m")
+        publish(make_affine(str(tmp_path / "src" / "model.onnx"), 1.0), base, 1)
+        storage = LocalStorage()
+        storage.write_bytes(str(tmp_path / "plain"), b"x")
+        assert storage.create_new(str(tmp_path / "new"), b"y")
+    finally:
+        os.umask(old)
+    for path in (os.path.join(base, "1", manifest.MANIFEST_NAME), str(tmp_path / "plain"), str(tmp_path / "new")):
+        assert os.stat(path).st_mode & 0o777 == 0o644, path

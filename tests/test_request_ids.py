@@ -80,7 +80,7 @@ def test_ids_echoed_and_made_on_all_four_apis(logged):
     assert _tfs_predict(channel, "grpc-tfs")["x-request-id"] == "grpc-tfs"
     assert len(_tfs_predict(channel, None)["x-request-id"]) == 32
     # gRPC V2: body id echoed in the body and the metadata; metadata id without a body id -> body carries it.
-    assert _v2_infer(channel, "v2-grpc", None) == ("v2-grpc", {"x-model-version": "1", "x-request-id": "v2-grpc"})
+    assert _v2_infer(channel, "v2-grpc", None) == ("v2-grpc", {"x-model-version": "1", "x-model-revision": "0", "x-request-id": "v2-grpc"})
     body, meta = _v2_infer(channel, "", "v2-meta")
     assert body == "v2-meta" and meta["x-request-id"] == "v2-meta"
 

@@ -16,6 +16,7 @@ def test_status_shape(repo, start_server):
     affine_version(base, 1, build)
     server = start_server(base)
     with httpx.Client() as c:
+        # Exactly TF Serving's fields (a version that took deltas adds its revision: test_parameters).
         assert c.get(server.url + "/v1/models/m").json() == {
             "model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]
         }

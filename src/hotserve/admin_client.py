@@ -12,10 +12,11 @@ import urllib.request
 from hotserve.server.auth import ENV_VAR
 
 
-def call(url: str, token: str | None, method: str, path: str, body: dict | None = None, timeout: float = 120.0) -> dict:
-    data = json.dumps(body).encode() if body is not None else None
+def call(url: str, token: str | None, method: str, path: str, body: dict | bytes | None = None, timeout: float = 120.0,
+         content_type: str = "application/json") -> dict:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url.rstrip("/") + path, data=data, method=method)
-    req.add_header("Content-Type", "application/json")
+    req.add_header("Content-Type", content_type)
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
@@ -51,10 +52,27 @@ def add_commands(sub) -> None:
         p.add_argument("--url", default="http://localhost:8501", help="the server's REST address (default http://localhost:8501)")
         p.add_argument("--token", default=None, help=f"admin token (default: ${ENV_VAR})")
 
-    p = sub.add_parser("rollback", help="serve an earlier version now (pins it; instant if it is still loaded)")
+    p = sub.add_parser("rollback", help="serve an earlier version now (pins it; instant if it is still loaded), "
+                                        "or with --revision V.R an earlier parameter revision of a loaded version")
     common(p)
     p.add_argument("--to", type=int, default=None, help="version to serve (default: the one served before the current)")
-    p.set_defaults(func=lambda a: _run(a, "rollback", {"to": a.to}))
+    p.add_argument("--revision", default=None, metavar="V.R",
+                   help="parameter revision to serve, e.g. 7.3: revision 3 of version 7 (instant within its kept history)")
+    p.set_defaults(func=_rollback)
+
+    p = sub.add_parser("update", help="write a parameter delta into a loaded version (safetensors or JSON file)")
+    common(p)
+    p.add_argument("--version", type=int, required=True, help="the loaded version to update")
+    p.add_argument("delta", help="a .safetensors file (tensors NAME, or NAME.rows + NAME.values) or a JSON file "
+                                 '{"updates": [{"name", "values", "rows"}]}')
+    p.add_argument("--expect_revision", "--expect-revision", type=int, default=None,
+                   help="refuse (409) unless the version serves this revision now")
+    p.set_defaults(func=_update)
+
+    p = sub.add_parser("compact", help="fold a version's parameter deltas into a new full version")
+    common(p)
+    p.add_argument("--version", type=int, default=None, help="version to compact (default: the one serving)")
+    p.set_defaults(func=_compact)
 
     p = sub.add_parser("pin", help="serve one version only, whatever newer versions appear")
     common(p)
@@ -119,6 +137,35 @@ def _print_learning(s: dict) -> None:
     if fr["count"]:
         print(f"    freshness (label stored -> served): p50 {fr['p50_seconds']:.2f}s, p99 {fr['p99_seconds']:.2f}s "
               f"over {fr['count']} learned version(s)")
+
+
+def _rollback(args) -> int:
+    if args.revision is None:
+        return _run(args, "rollback", {"to": args.to})
+    r = call(args.url, _token(args), "POST", f"/v1/admin/models/{args.model}/rollback", {"revision": args.revision})
+    print(f"model {r['model']} version {r['version']}: serving revision {r['revision']} ({r['applied_ms']:.1f} ms)")
+    return 0
+
+
+def _update(args) -> int:
+    with open(args.delta, "rb") as f:
+        data = f.read()
+    binary = not args.delta.lower().endswith(".json")
+    path = f"/v1/models/{args.model}/versions/{args.version}:update_parameters"
+    if args.expect_revision is not None:
+        path += f"?expect_revision={args.expect_revision}"
+    r = call(args.url, _token(args), "POST", path, data,
+             content_type="application/x-safetensors" if binary else "application/json")
+    print(f"model {r['model']} version {r['version']}: serving revision {r['revision']} (applied in {r['applied_ms']:.1f} ms)")
+    return 0
+
+
+def _compact(args) -> int:
+    r = call(args.url, _token(args), "POST", f"/v1/admin/models/{args.model}/compact", {"version": args.version},
+             timeout=600.0)
+    src = r["from"]
+    print(f"model {r['model']}: published version {r['version']} from version {src['version']} revision {src['revision']}")
+    return 0
 
 
 def _label(args) -> int:

@@ -172,6 +172,12 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "prediction_log_sampling_rate", type=_non_negative(float), default=0.0, metavar="R",
           help="with --model_name: share of predict requests written to the prediction log (0 to 1; default 0, off). "
                "In a config file, per model: logging_config { sampling_config { sampling_rate: R } }")
+    _flag(p, "parameter_guard_margin", type=_non_negative(float), default=0.0, metavar="M",
+          help="with a feedback store: revert a parameter delta whose metric on the labelled examples that arrive after "
+               "it is worse than its parent revision's by more than M (log loss or MSE; default 0: no guard; "
+               "docs/parameters.md)")
+    _flag(p, "parameter_guard_examples", type=_non_negative(int), default=200, metavar="N",
+          help="the delta guard decides once N labelled examples arrived after the delta (default 200)")
     _flag(p, "prediction_log_queue_size", type=_non_negative(int), default=10000, metavar="N",
           help="records the prediction log may hold before its writer catches up; past that they are dropped and "
                "counted, never the request (default 10000)")
@@ -357,6 +363,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         feedback_store=feedback_store,
         feedback_retention=retention,
         prediction_log_queue=max(1, args.prediction_log_queue_size),
+        parameter_guard=(args.parameter_guard_margin, max(1, args.parameter_guard_examples))
+        if args.parameter_guard_margin > 0 else None,
         otel_endpoint=args.otel_exporter_otlp_endpoint,
         fleet=args.fleet,
         fleet_auto_rollout=args.fleet_auto_rollout,

@@ -20,6 +20,7 @@ class Code(str, Enum):
     UNAUTHENTICATED = "UNAUTHENTICATED"
     PERMISSION_DENIED = "PERMISSION_DENIED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    ABORTED = "ABORTED"  # a concurrent change won (e.g. a delta's expect_revision no longer holds): 409
     DATA_LOSS = "DATA_LOSS"
     INTERNAL = "INTERNAL"
     UNKNOWN = "UNKNOWN"
@@ -37,6 +38,7 @@ HTTP_STATUS = {
     Code.UNIMPLEMENTED: 501,
     Code.UNAVAILABLE: 503,
     Code.DEADLINE_EXCEEDED: 504,
+    Code.ABORTED: 409,
     Code.DATA_LOSS: 500,
     Code.INTERNAL: 500,
     Code.UNKNOWN: 500,

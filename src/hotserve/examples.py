@@ -115,3 +115,30 @@ def make_affine_savedmodel(path: str, offset: float, dim: int = 4) -> str:
     module = Affine()
     tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
     return path
+
+
+def make_embedding_model(path: str, rows: int = 1000, dim: int = 8, dense: int = 4, seed: int = 0) -> str:
+    """A CTR-shaped model: ids 'item' [batch] -> Gather from the table 'item_embedding' [rows, dim],
+    concatenated with 'dense' [batch, dense] -> Gemm with 'head.weight' [dim + dense, 1] and
+    'head.bias' [1] -> 'score' [batch, 1]. Live-parameter tests and bench/parameters.py use it
+    (the table is hosted by hotserve, the head stays in the session)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    table = rng.standard_normal((rows, dim), dtype=np.float32) * np.float32(0.1)
+    w = rng.standard_normal((dim + dense, 1), dtype=np.float32) * np.float32(0.3)
+    b = np.zeros(1, np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["item_embedding", "item"], ["emb"]),
+            helper.make_node("Concat", ["emb", "dense"], ["h"], axis=1),
+            helper.make_node("Gemm", ["h", "head.weight", "head.bias"], ["score"]),
+        ],
+        "ctr",
+        [helper.make_tensor_value_info("item", TensorProto.INT64, ["batch"]),
+         helper.make_tensor_value_info("dense", TensorProto.FLOAT, ["batch", dense])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])],
+        initializer=[numpy_helper.from_array(table, "item_embedding"), numpy_helper.from_array(w, "head.weight"),
+                     numpy_helper.from_array(b, "head.bias")],
+    )
+    return _save(graph, path)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from hotserve.observability.events import (ModelAdded, ModelRemoved, Record, Swapped, VersionForgotten,
-                                            VersionStateChanged)
+from hotserve.observability.events import (DeltaApplied, DeltaReplayed, DeltaReverted, ModelAdded, ModelRemoved, Record,
+                                            Swapped, VersionForgotten, VersionStateChanged)
 
 # The events that change what a replica reports; everything else is ignored.
-KINDS = frozenset({VersionStateChanged.kind, VersionForgotten.kind, Swapped.kind, ModelAdded.kind, ModelRemoved.kind})
+KINDS = frozenset({VersionStateChanged.kind, VersionForgotten.kind, Swapped.kind, ModelAdded.kind, ModelRemoved.kind,
+                   DeltaApplied.kind, DeltaReverted.kind, DeltaReplayed.kind})
 
 
 @dataclass
@@ -26,6 +27,7 @@ class ModelReport:
     labels: dict[str, int] = field(default_factory=dict)
     states: dict[int, str] = field(default_factory=dict)  # version -> START | LOADING | AVAILABLE | UNLOADING | END
     errors: dict[int, str] = field(default_factory=dict)  # version -> why it ended (failed versions only)
+    revisions: dict[int, int] = field(default_factory=dict)  # version -> the parameter revision it serves (deltas)
 
     def doc(self) -> dict:
         return {
@@ -35,6 +37,7 @@ class ModelReport:
             "labels": dict(self.labels),
             "versions": {str(v): s for v, s in sorted(self.states.items())},
             "failed": {str(v): e for v, e in sorted(self.errors.items())},
+            "revisions": {str(v): r for v, r in sorted(self.revisions.items())},
         }
 
 
@@ -63,6 +66,9 @@ class ReplicaReport:
             elif isinstance(ev, VersionForgotten):
                 m.states.pop(ev.version, None)
                 m.errors.pop(ev.version, None)
+                m.revisions.pop(ev.version, None)
+            elif isinstance(ev, (DeltaApplied, DeltaReverted, DeltaReplayed)):
+                m.revisions[ev.version] = ev.revision
             elif isinstance(ev, Swapped):
                 if ev.default != m.serving:
                     m.serving_since = record.time

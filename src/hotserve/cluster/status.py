@@ -56,7 +56,9 @@ def _versions(m: dict) -> str:
     states = {int(v): s for v, s in m.get("versions", {}).items()}
     prepared = sorted(v for v, s in states.items() if s == "AVAILABLE" and v not in routed)
     loading = sorted(v for v, s in states.items() if s in ("START", "LOADING"))
-    parts = [f"serving {serving}" if serving is not None else "serving nothing"]
+    revision = (m.get("revisions") or {}).get(str(serving))
+    parts = [(f"serving {serving}" + (f" revision {revision}" if revision else "")) if serving is not None
+             else "serving nothing"]
     if prepared:
         parts.append(f"prepared {','.join(map(str, prepared))}")
     if loading:

@@ -20,6 +20,7 @@ from typing import Callable
 
 from hotserve.core.gates.pipeline import FILES, SERVABLE, GateContext, GatePipeline
 from hotserve.core.loaded import LoadedVersion
+from hotserve.core.parameters import ParameterKeeper
 from hotserve.core.memory import MemoryBudget
 from hotserve.core.states import VersionBook, VersionState
 from hotserve.errors import Code, HotserveError
@@ -99,7 +100,7 @@ class VersionLoader:
         self.bus.publish(LoadStarted(self.model, info.version, info.path))
         t0 = time.perf_counter()
         try:
-            servable, measured, reports = self.pool.submit(self._load_blocking, info).result()
+            servable, measured, reports, keeper = self.pool.submit(self._load_blocking, info).result()
         except StorageUnavailable as exc:
             self.budget.release((self.model, info.version))
             self.book.set(info.version, VersionState.START, Code.UNAVAILABLE, f"waiting for the store: {exc}")
@@ -120,9 +121,11 @@ class VersionLoader:
         self.book.set(info.version, VersionState.AVAILABLE)
         self.bus.publish(LoadFinished(self.model, info.version, seconds, measured, info.size_bytes))
         self._paths[info.version] = info.path
-        return LoadOutcome(LoadedVersion(self.model, info.version, servable), False)
+        lv = LoadedVersion(self.model, info.version, servable, keeper.revision, keeper.view(), keeper.state)
+        keeper.attach(lv)
+        return LoadOutcome(lv, False)
 
-    def _load_blocking(self, info: VersionInfo) -> tuple[Servable, int, list[dict]]:
+    def _load_blocking(self, info: VersionInfo) -> tuple[Servable, int, list[dict], ParameterKeeper]:
         rss0 = rss_of()
         local = self.storage.local_dir(info.path)  # remote: downloaded and verified into the cache
         try:
@@ -139,7 +142,16 @@ class VersionLoader:
         except BaseException:
             self.storage.release_local_dir(info.path)
             raise
-        return servable, max(0, rss_of() - rss0), reports
+        # The gates judged the published files (revision 0); the version's parameter deltas are
+        # replayed now, before it serves, so a restart serves the revision it served before.
+        keeper = ParameterKeeper(self.model, info.version, servable, self.storage, info.path, self.bus)
+        try:
+            keeper.replay()
+        except Exception as exc:
+            self.bus.publish(Notice(self.model, info.version, "delta_replay_failed",
+                                    f"version {info.version}: its delta log could not be replayed past revision "
+                                    f"{keeper.revision} ({exc}); serving revision {keeper.revision}"))
+        return servable, max(0, rss_of() - rss0), reports, keeper
 
     def _sibling_dir(self, info: VersionInfo, version: int) -> str:
         """Another version's local directory (paths end in /<version> on every store); '' if absent."""

@@ -18,7 +18,7 @@ from hotserve.core.canary_controller import CanaryController
 from hotserve.core.config import ModelConfig
 from hotserve.core.gates import GatePipeline, RequestDecoder, standard_gates
 from hotserve.core.inline import inline_ok
-from hotserve.core.loaded import LoadedVersion
+from hotserve.core.loaded import Bound
 from hotserve.core.memory import MemoryBudget
 from hotserve.core.model_manager import ManagerOptions, ModelManager
 from hotserve.errors import NotFound, Unavailable, clip
@@ -67,8 +67,8 @@ class Manager:
         return mm
 
     def acquire(self, name: str, version: int | None = None, label: str | None = None,
-                key: str | None = None) -> LoadedVersion:
-        """Bind a request to one live version; the caller must release() it."""
+                key: str | None = None) -> Bound:
+        """Bind a request to one live (version, revision); the caller must release() it."""
         return self.get(name).route.acquire(version, label, key)
 
     def get(self, name: str) -> ModelManager:

@@ -131,7 +131,8 @@ class ModelManager:
         self._default_history: list[int] = []
         self._thread = threading.Thread(target=self._run, name=f"manager-{self.name}", daemon=True)
         self.watcher = RepositoryWatcher(self.scanner, self._on_scan, self._on_outage, options.poll_wait_seconds,
-                                         options.use_inotify, on_recovered=self._on_recovered)
+                                         options.use_inotify, on_recovered=self._on_recovered,
+                                         on_deltas=self._on_deltas)
         self.intent.store.watch(self._on_routing_change)
         self.watcher.add_probe(self.intent.store.poll)
 
@@ -211,6 +212,15 @@ class ModelManager:
             self._pending = result
             self._idle.clear()
             self._cv.notify()
+
+    def _on_deltas(self, result: ScanResult) -> None:
+        """New delta log commits under loaded versions (another worker, replica or the learner
+        wrote them): apply them (in the watcher's thread; a delta is milliseconds of work)."""
+        for lv in self.loaded():
+            info = result.complete.get(lv.version)
+            keeper = lv.params
+            if info is not None and keeper is not None and info.deltas > keeper.applied_seq:
+                keeper.catch_up("follow")
 
     def storage_status(self) -> dict | None:
         """None while the store answers; else since when (unix time) and why it does not."""
@@ -327,6 +337,8 @@ class ModelManager:
                 outcome.loaded.batcher = self.batcher
                 with self._loaded_lock:
                     self._loaded[info.version] = outcome.loaded
+                if outcome.loaded.params is not None:
+                    outcome.loaded.params.catch_up("follow")  # deltas committed while it loaded
             elif outcome.failed:
                 self._failed[info.version] = info.fingerprint
                 if self._superseded():

@@ -12,7 +12,7 @@ import random
 import zlib
 from dataclasses import dataclass, field
 
-from hotserve.core.loaded import LoadedVersion
+from hotserve.core.loaded import Bound, LoadedVersion
 from hotserve.core.planner import TableSpec
 from hotserve.errors import NotFound, Unavailable, clip
 
@@ -82,9 +82,10 @@ class Route:
         self.model = model
         self.table = RouteTable()
 
-    def acquire(self, version: int | None = None, label: str | None = None, key: str | None = None) -> LoadedVersion:
+    def acquire(self, version: int | None = None, label: str | None = None, key: str | None = None) -> Bound:
+        """Bind to one (version, revision): the picked version's current revision, counted."""
         for _ in range(_MAX_ROUNDS):
-            lv = self.table.pick(self.model, version, label, key)
-            if lv.try_acquire():
-                return lv
+            bound = self.table.pick(self.model, version, label, key).try_acquire()
+            if bound is not None:
+                return bound
         raise Unavailable(f"model {self.model!r}: could not bind the request to a version; retry")

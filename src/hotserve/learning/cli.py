@@ -39,6 +39,13 @@ def add_commands(sub, flag, non_negative) -> None:
     flag(p, "keep_versions", type=non_negative(int), default=20, metavar="N",
          help="keep the newest N versions the learner published and remove older ones it made (default 20; 0 keeps "
               "all); the serving version and versions published by others are never removed")
+    flag(p, "publish", default="versions", choices=["versions", "deltas"],
+         help="what a candidate that passes the gate becomes: a new version (default), or a parameter delta of the "
+              "serving version (changed embedding rows and tensors; needs a trainer with delta(), e.g. TorchTrainer)")
+    flag(p, "full_every", type=non_negative(int), default=20, metavar="N",
+         help="with --publish deltas: publish a full version after N deltas (default 20; 0: never by count)")
+    flag(p, "full_every_seconds", type=non_negative(float), default=0.0, metavar="S",
+         help="with --publish deltas: ...or once S seconds passed since the last full version (default 0: never by time)")
     flag(p, "duration", type=non_negative(float), default=None, metavar="S", help="stop after S seconds (default: run until stopped)")
     flag(p, "max_rounds", type=non_negative(int), default=None, metavar="N", help="stop after N rounds")
     flag(p, "log_level", default="info", choices=["debug", "info", "warning", "error"])
@@ -89,7 +96,8 @@ def _cmd_learn(args: argparse.Namespace) -> int:
         max_metric_drop=args.max_metric_drop, gate_metric=args.gate_metric, holdout_every=args.holdout_every,
         holdout_size=max(1, args.holdout_size), min_holdout=args.min_holdout, epochs=max(1, args.epochs),
         poll_seconds=max(0.01, args.poll_seconds), trainer_spec=args.trainer,
-        keep_versions=args.keep_versions)
+        keep_versions=args.keep_versions, publish=args.publish, full_every=args.full_every,
+        full_every_seconds=args.full_every_seconds)
     learner = Learner(args.model_name, args.model_base_path, trainer, store, opts)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: learner.stop())

@@ -16,6 +16,15 @@ metric), a log line naming the metrics, and the learner's state.
 On restart the learner starts from the newest version in the repository and, when the learner
 made it, from the watermark in its lineage: examples that fed refused or unpublished candidates
 are read again.
+
+`--publish deltas` (parameter deltas, docs/parameters.md): a candidate that passes the gate is
+published as a delta of the serving version instead, the tensors and embedding rows that changed
+(`trainer.delta()`), written to the version's delta log through Storage (the servers follow the
+log and serve it as a new revision within milliseconds); every `--full_every` deltas, or when
+`--full_every_seconds` passed, a full version is published as before (sparse often, dense
+rarely). The learner's state is the served revision's: at start it replays the version's log
+into the trainer (`trainer.apply_updates`), and a refused candidate goes back to the last
+published state (`trainer.revert`).
 """
 
 from __future__ import annotations
@@ -28,12 +37,15 @@ import threading
 import time
 import zlib
 from collections import deque
+
+import numpy as np
 from dataclasses import dataclass, field
 
 from hotserve.learning.store import Example, FeedbackStore, watermark_key
 from hotserve.learning.trainer import Batch, Trainer
 from hotserve.observability import events, metrics
 from hotserve.repository import manifest
+from hotserve.repository.deltas import DeltaLog, chain_to, encode_updates
 from hotserve.repository.publish import PublishError, publish
 from hotserve.repository.scanner import list_version_numbers
 from hotserve.repository.storage import StorageUnavailable, normalize_base_path, storage_for
@@ -57,6 +69,9 @@ class LearnerOptions:
     read_limit: int = 20_000
     trainer_spec: str = ""
     keep_versions: int = 20  # learner-made versions kept in the repository (0: all); never the serving one
+    publish: str = "versions"  # versions | deltas
+    full_every: int = 20  # with deltas: a full version after this many deltas (0: never by count)
+    full_every_seconds: float = 0.0  # ...or when this long passed since the last full version (0: never by time)
 
 
 @dataclass
@@ -70,6 +85,7 @@ class RoundResult:
     watermark: str | None = None
     reason: str = ""
     seconds: dict = field(default_factory=dict)
+    revision: int | None = None  # with --publish deltas: the revision the delta became
 
 
 class Learner:
@@ -91,6 +107,8 @@ class Learner:
         self.examples_total = 0
         self.last_candidate: dict | None = None
         self._last_round = time.monotonic()
+        self._last_full = time.monotonic()
+        self.deltas_since_full = 0
         self._saved = 0.0
         self._stop = threading.Event()
 
@@ -137,6 +155,26 @@ class Learner:
         if lineage.get("source") == "learner" and lineage.get("model", self.model) == self.model:
             self.trained_watermark = lineage.get("watermark")
         self.parent = version
+        self.deltas_since_full = 0
+        if self.opts.publish == "deltas":
+            self._replay_deltas(path)
+
+    def _replay_deltas(self, path: str) -> None:
+        """The served state is the version plus its delta log: bring the trainer there."""
+        log_ = DeltaLog(self.storage, path)
+        entries = [log_.entry(s) for s in log_.commits()]
+        if not entries:
+            return
+        apply_updates = getattr(self.trainer, "apply_updates", None)
+        if apply_updates is None:
+            raise ValueError("--publish deltas needs a trainer with apply_updates() to start from a version with deltas")
+        _, chain = chain_to(entries)
+        for e in chain:
+            apply_updates(log_.read_updates(e))
+            lineage = e.doc.get("lineage") or {}
+            if lineage.get("source") == "learner":
+                self.trained_watermark = lineage.get("watermark", self.trained_watermark)
+        self.deltas_since_full = len(chain)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, max_rounds: int | None = None, duration: float | None = None) -> None:
@@ -219,12 +257,25 @@ class Learner:
         if verdict:
             result.outcome, result.reason = "refused", verdict
             if self.parent is not None:
-                self.trainer.load(self._version_dir(self.parent))  # back to the serving state
+                revert = getattr(self.trainer, "revert", None)
+                if self.opts.publish == "deltas" and revert is not None:
+                    revert()  # back to the served revision (the version's files lack its deltas)
+                else:
+                    self.trainer.load(self._version_dir(self.parent))  # back to the serving state
+        elif self._delta_due():
+            t_delta = time.perf_counter()
+            revision = self._publish_delta(examples, result)
+            result.seconds["delta"] = round(time.perf_counter() - t_delta, 4)
+            result.version, result.revision = self.parent, revision
+            result.outcome = "published_delta" if revision is not None else "unchanged"
+            self.trained_watermark = result.watermark
         else:
             result.version, export_s = self._publish(examples, result)
             result.seconds["export"] = export_s
             self.parent = result.version
             self.trained_watermark = result.watermark
+            self.deltas_since_full = 0
+            self._last_full = time.monotonic()
             self._retire_old_versions()
         result.seconds.update(evaluate=round(t_eval - t0, 4), train=round(t_train - t_eval, 4),
                               total=round(time.perf_counter() - t0, 4))
@@ -247,23 +298,64 @@ class Learner:
                     f"{self.opts.max_metric_drop:g}")
         return ""
 
+    def _delta_due(self) -> bool:
+        """With --publish deltas: a delta now, unless a full version is due (count or time)."""
+        if self.opts.publish != "deltas" or self.parent is None or not hasattr(self.trainer, "delta"):
+            return False
+        if self.opts.full_every and self.deltas_since_full >= self.opts.full_every:
+            return False
+        if self.opts.full_every_seconds and time.monotonic() - self._last_full >= self.opts.full_every_seconds:
+            return False
+        return True
+
+    def _lineage(self, examples: list[Example], result: RoundResult) -> dict:
+        return {
+            "source": "learner", "model": self.model, "trainer": self.opts.trainer_spec,
+            "parent": self.parent, "watermark": result.watermark,
+            "previous_watermark": self.trained_watermark, "examples_used": len(examples),
+            "oldest_example_time": min(e.time for e in examples),
+            "newest_example_time": max(e.time for e in examples),
+            "holdout_examples": len(self.holdout),
+            "metrics": {"gate_metric": self.metric, "max_metric_drop": self.opts.max_metric_drop,
+                        "candidate": result.candidate_metrics, "parent": result.parent_metrics},
+            "trained_unix": time.time(),
+        }
+
+    def _publish_delta(self, examples: list[Example], result: RoundResult) -> int | None:
+        """Write what changed as one entry of the serving version's delta log (the same log the
+        servers write through the API: data, then a commit only one writer can create). Returns
+        the new revision, or None when nothing changed."""
+        raw = self.trainer.delta()
+        if not raw:
+            return None
+        updates = [_Update(u["name"], np.asarray(u["values"]), None if u.get("rows") is None else np.asarray(u["rows"]))
+                   for u in raw]
+        payload = encode_updates(updates)
+        log_ = DeltaLog(self.storage, self.storage.join(self.base_path, str(self.parent)))
+        lineage = self._lineage(examples, result)
+        for _ in range(20):
+            entries = [log_.entry(s) for s in log_.commits()]
+            served, _ = chain_to(entries) if entries else (0, [])
+            seq = entries[-1].seq + 1 if entries else 1
+            revision = max((e.revision for e in entries), default=0) + 1
+            entry = log_.append(seq, "delta", revision, served, payload, "learner", tuple(u.name for u in updates),
+                                sum(0 if u.rows is None else len(u.rows) for u in updates),
+                                sum(u.values.nbytes for u in updates), extra={"lineage": lineage})
+            if entry is not None:
+                commit = getattr(self.trainer, "commit_delta", None)
+                if commit is not None:
+                    commit()
+                self.deltas_since_full += 1
+                return revision
+        raise PublishError("could not append to the delta log: other writers kept taking the next entry")
+
     def _publish(self, examples: list[Example], result: RoundResult) -> tuple[int, float]:
         tmp = tempfile.mkdtemp(prefix=f"hotserve-learn-{self.model}-")
         try:
             t0 = time.perf_counter()
             self.trainer.export(tmp)
             export_s = time.perf_counter() - t0
-            lineage = {
-                "source": "learner", "model": self.model, "trainer": self.opts.trainer_spec,
-                "parent": self.parent, "watermark": result.watermark,
-                "previous_watermark": self.trained_watermark, "examples_used": len(examples),
-                "oldest_example_time": min(e.time for e in examples),
-                "newest_example_time": max(e.time for e in examples),
-                "holdout_examples": len(self.holdout),
-                "metrics": {"gate_metric": self.metric, "max_metric_drop": self.opts.max_metric_drop,
-                            "candidate": result.candidate_metrics, "parent": result.parent_metrics},
-                "trained_unix": time.time(),
-            }
+            lineage = self._lineage(examples, result)
             for _ in range(5):
                 try:
                     version, _ = publish(tmp, self.base_path, storage=self.storage, lineage=lineage)
@@ -299,7 +391,7 @@ class Learner:
 
     # -- records -----------------------------------------------------------------------------
     def _record(self, r: RoundResult) -> None:
-        doc = {"outcome": r.outcome, "version": r.version, "parent": r.parent, "metric": self.metric,
+        doc = {"outcome": r.outcome, "version": r.version, "revision": r.revision, "parent": r.parent, "metric": self.metric,
                "candidate_metrics": _finite(r.candidate_metrics), "parent_metrics": _finite(r.parent_metrics),
                "max_metric_drop": self.opts.max_metric_drop, "examples": r.examples, "watermark": r.watermark,
                "reason": r.reason, "seconds": r.seconds, "time": time.time()}
@@ -324,6 +416,15 @@ class Learner:
             "last_candidate": self.last_candidate, "updated_unix": time.time(),
             "poll_seconds": self.opts.poll_seconds, "pid": os.getpid(),
         })
+
+
+@dataclass(frozen=True)
+class _Update:
+    """One tensor's change, as the delta log encodes it (name, values, rows or None)."""
+
+    name: str
+    values: np.ndarray
+    rows: np.ndarray | None = None
 
 
 def _finite(d: dict) -> dict:

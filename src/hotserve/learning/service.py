@@ -22,6 +22,7 @@ from hotserve.learning.prediction_log import PredictionLog
 from hotserve.learning.store import FeedbackStore, watermark_key
 from hotserve.observability import events, metrics
 from hotserve.repository import manifest
+from hotserve.repository.deltas import DeltaLog
 from hotserve.runtimes.base import get_signature
 
 log = logging.getLogger("hotserve.learning")
@@ -62,10 +63,14 @@ class LearningService:
         self._thread.start()
         return self
 
+    guard = None  # learning.guard.DeltaGuard with --parameter_guard_margin
+
     def stop(self) -> None:
         self._stop.set()
         if self._unsubscribe:
             self._unsubscribe()
+        if self.guard is not None:
+            self.guard.stop()
         self.log.stop()
         self._thread.join(5)
         self.store.close()
@@ -144,6 +149,8 @@ class LearningService:
         ev = record.event
         if isinstance(ev, events.Swapped) and ev.default is not None and ev.default != ev.previous_default:
             self._swaps.put((record.time, ev.model, ev.default))
+        elif isinstance(ev, events.DeltaApplied) and ev.source == "learner":
+            self._swaps.put((record.time, ev.model, ev.version, ev.seq))  # a learner's parameter delta now serves
 
     def _last_record_id(self, model: str) -> str | None:
         try:
@@ -185,12 +192,16 @@ class LearningService:
                     examples=doc.get("examples", 0), watermark=str(doc.get("watermark") or ""),
                     reason=doc.get("reason", "")))
 
-    def _freshness_of(self, swap_time: float, model: str, version: int) -> None:
+    def _freshness_of(self, swap_time: float, model: str, version: int, delta_seq: int | None = None) -> None:
         mm = self.manager.models.get(model)
         if mm is None:
             return
         try:
-            doc = manifest.read(mm.storage.join(mm.base_path, str(version)), mm.storage)
+            path = mm.storage.join(mm.base_path, str(version))
+            if delta_seq is None:
+                doc = manifest.read(path, mm.storage)
+            else:  # the learner's delta log entry carries the same lineage as its versions
+                doc = DeltaLog(mm.storage, path).entry(delta_seq).doc
         except Exception:
             return
         lineage = doc.get("lineage") or {}

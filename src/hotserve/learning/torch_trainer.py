@@ -148,7 +148,9 @@ class TorchTrainer:
         """Tensors changed since the last load/export, in issue 12's update shape: whole tensors
         as {"name", "values"}, embedding tables as {"name", "rows", "values"} of changed rows."""
         out = []
-        for name, now in self._state().items():
+        state = self._state()
+        self._pending_state = state  # becomes the baseline once the learner published it (commit_delta)
+        for name, now in state.items():
             before = self._exported_state.get(name)
             if before is None or before.shape != now.shape:
                 out.append({"name": name, "values": now})
@@ -160,6 +162,34 @@ class TorchTrainer:
             elif not np.array_equal(now, before):
                 out.append({"name": name, "values": now})
         return out or None
+
+    def commit_delta(self) -> None:
+        """The last delta() was published: the next one is measured from it."""
+        pending = getattr(self, "_pending_state", None)
+        if pending is not None:
+            self._exported_state, self._pending_state = pending, None
+
+    def revert(self) -> None:
+        """Back to the last published state (a refused candidate, with deltas)."""
+        torch = self.torch
+        self.net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self._exported_state.items()})
+        opt = torch.optim.Adam if self.optimizer_name == "adam" else torch.optim.SGD
+        self.opt = opt(self.net.parameters(), lr=self.lr)
+
+    def apply_updates(self, updates) -> None:
+        """Write a delta log entry's (name, values, rows) into the weights (replaying a served revision)."""
+        torch = self.torch
+        state = self.net.state_dict()
+        with torch.no_grad():
+            for name, values, rows in updates:
+                if name not in state:
+                    continue
+                v = torch.from_numpy(np.asarray(values, dtype=np.float32).copy())
+                if rows is None:
+                    state[name].copy_(v.reshape(state[name].shape))
+                else:
+                    state[name][torch.from_numpy(np.asarray(rows, dtype=np.int64))] = v
+        self._exported_state = self._state()
 
     # -- helpers -------------------------------------------------------------------------------
     def _state(self) -> dict[str, np.ndarray]:

@@ -11,7 +11,10 @@ A trainer holds one model state. The learner drives it:
 
 and, optionally (parameter deltas, issue 12):
 
-    trainer.delta() -> {tensor name: values} | None   # what changed since the last load/export
+    trainer.delta() -> [{"name", "values", "rows"?}] | None  # what changed since the last load/export/commit
+    trainer.commit_delta()                 # that delta was published: measure the next from here
+    trainer.revert()                       # back to the last published state (a refused candidate)
+    trainer.apply_updates([(name, values, rows or None)])  # replay the served version's delta log
 
 `gate_metric` names the metric the gate compares (a key evaluate() returns) and
 `higher_is_better` its direction. A trainer is built with keyword arguments from repeated

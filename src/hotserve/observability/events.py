@@ -425,6 +425,11 @@ class LearnerCandidate(Event):
         if self.outcome == "published":
             return (f"model {self.model}: learner published version {self.version} trained on {self.examples} new "
                     f"example(s) up to watermark {self.watermark}: candidate ({cand}) vs {against}")
+        if self.outcome == "published_delta":
+            return (f"model {self.model}: learner published a parameter delta of version {self.version} trained on "
+                    f"{self.examples} new example(s) up to watermark {self.watermark}: candidate ({cand}) vs {against}")
+        if self.outcome == "unchanged":
+            return f"model {self.model}: learner candidate changed no parameter; nothing published"
         if self.outcome == "refused":
             return (f"model {self.model}: learner gate REFUSED a candidate trained on {self.examples} example(s): "
                     f"{self.metric} candidate ({cand}) vs {against}, max_metric_drop {self.max_metric_drop:g}: {self.reason}")
@@ -493,6 +498,78 @@ class FleetRollout(Event):
 
     def summary(self) -> str:
         return f"model {self.model}: fleet rollout of version {self.version}: {self.phase}: {self.message}"
+
+
+@dataclass(frozen=True)
+class DeltaApplied(Event):
+    """A parameter delta is now served: `revision` of `version`, built on `parent` (core/parameters.py)."""
+
+    kind: ClassVar[str] = "delta_applied"
+    version: int = -1
+    revision: int = 0
+    parent: int = 0
+    tensors: tuple[str, ...] = ()
+    rows: int = 0
+    bytes: int = 0
+    applied_ms: float = 0.0  # its arrival (or, following another writer, its commit) -> the switch
+    source: str = ""
+    seq: int = 0  # its entry in the version's delta log
+
+    def summary(self) -> str:
+        return (f"model {self.model} version {self.version}: serving revision {self.revision} (from {self.parent}): "
+                f"{len(self.tensors)} tensor(s) {list(self.tensors)[:5]}, {self.rows} row(s), "
+                f"{self.bytes / 2**20:.2f} MiB, applied in {self.applied_ms:.1f} ms ({self.source or 'api'})")
+
+
+@dataclass(frozen=True)
+class DeltaRejected(Event):
+    """A delta was refused whole (bad input, revision conflict, runtime without deltas, or a
+    logged entry that cannot be read): nothing changed."""
+
+    kind: ClassVar[str] = "delta_rejected"
+    level: ClassVar[int] = logging.WARNING
+    version: int = -1
+    code: str = ""
+    reason: str = ""
+    source: str = ""
+
+    def summary(self) -> str:
+        return f"model {self.model} version {self.version}: delta rejected ({self.code}): {self.reason}"
+
+
+@dataclass(frozen=True)
+class DeltaReverted(Event):
+    """The served revision went back: an operator's rollback, or the guard reverting a delta
+    whose online metric was worse than its parent's by more than the margin."""
+
+    kind: ClassVar[str] = "delta_reverted"
+    level: ClassVar[int] = logging.WARNING
+    version: int = -1
+    revision: int = 0  # served from now on
+    from_revision: int = 0
+    reason: str = ""
+    source: str = "operator"  # operator | guard | log (a rollback another process wrote)
+
+    def summary(self) -> str:
+        return (f"model {self.model} version {self.version}: revision {self.from_revision} reverted, serving "
+                f"revision {self.revision} ({self.source}: {self.reason})")
+
+
+@dataclass(frozen=True)
+class DeltaReplayed(Event):
+    """Deltas read back from the repository: at load (a restart, a new worker or replica) or
+    following another writer; the version now serves `revision`."""
+
+    kind: ClassVar[str] = "delta_replayed"
+    version: int = -1
+    revision: int = 0
+    entries: int = 0
+    seconds: float = 0.0
+    at: str = "load"  # load | follow
+
+    def summary(self) -> str:
+        return (f"model {self.model} version {self.version}: replayed {self.entries} delta log entr"
+                f"{'y' if self.entries == 1 else 'ies'} ({self.at}) in {self.seconds:.3f}s; serving revision {self.revision}")
 
 
 def subscribe_logging(bus: EventBus = BUS, logger: logging.Logger | None = None) -> Callable[[], None]:

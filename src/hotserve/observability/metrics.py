@@ -290,6 +290,17 @@ LEARNING_FRESHNESS = REGISTRY.add(Histogram(
     "hotserve_learning_freshness_seconds",
     "From a label's arrival in the store to the swap that serves a version trained on it (newest label of each version).",
     ("model",), (0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300)))
+DELTAS = REGISTRY.add(Counter(
+    "hotserve_parameter_deltas_total",
+    "Parameter deltas by outcome: applied, rejected, replayed (log entries read back), reverted_operator, reverted_guard, reverted_log.",
+    ("model", "outcome")))
+DELTA_SECONDS = REGISTRY.add(Histogram(
+    "hotserve_parameter_delta_seconds", "From a delta's arrival to the switch that serves it (validated, built, written durably).",
+    ("model",), (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)))
+DELTA_BYTES = REGISTRY.add(Counter(
+    "hotserve_parameter_delta_bytes_total", "Bytes of parameter values written by applied deltas.", ("model",)))
+REVISION = REGISTRY.add(Gauge(
+    "hotserve_model_revision", "The parameter revision each loaded version serves (0: as loaded).", ("model", "version")))
 STORAGE_OPERATIONS = REGISTRY.add(Counter(
     "hotserve_storage_operations_total", "Model repository operations (Storage calls) by store scheme, operation and outcome (ok, not_found, error).",
     ("scheme", "op", "outcome")))
@@ -376,6 +387,7 @@ def forget_version(model: str, version: int) -> None:
         VERSION_STATE.remove((model, v, s))
     for kind in ("measured", "estimate"):
         VERSION_MEMORY.remove((model, v, kind))
+    REVISION.remove((model, v))
 
 
 # (model, version) -> the path a load started from, for the SavedModel metrics' model_path.
@@ -458,6 +470,19 @@ def _on_event(record: events.Record) -> None:
             FLEET_ROLLOUTS.inc((ev.model, ev.phase))
     elif isinstance(ev, events.Draining):
         DRAINING.set((), 1.0)
+    elif isinstance(ev, events.DeltaApplied):
+        DELTAS.inc((ev.model, "applied"))
+        DELTA_SECONDS.observe((ev.model,), ev.applied_ms / 1000.0)
+        DELTA_BYTES.inc((ev.model,), ev.bytes)
+        REVISION.set((ev.model, str(ev.version)), ev.revision)
+    elif isinstance(ev, events.DeltaRejected):
+        DELTAS.inc((ev.model, "rejected"))
+    elif isinstance(ev, events.DeltaReverted):
+        DELTAS.inc((ev.model, "reverted_" + ev.source))
+        REVISION.set((ev.model, str(ev.version)), ev.revision)
+    elif isinstance(ev, events.DeltaReplayed):
+        DELTAS.inc((ev.model, "replayed"))
+        REVISION.set((ev.model, str(ev.version)), ev.revision)
 
 
 def subscribe(bus: events.EventBus = events.BUS):

@@ -194,7 +194,8 @@ def select_outputs(outputs: dict[str, np.ndarray], wanted: list[str] | None, sig
     return {w: outputs[w] for w in wanted}
 
 
-def encode_infer(model: str, version: str, req: InferRequest, outputs: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
+def encode_infer(model: str, version: str, req: InferRequest, outputs: dict[str, np.ndarray],
+                 revision: int | None = None) -> tuple[bytes, int | None]:
     """The response body and, when any output is binary, the JSON header length."""
     out_docs = []
     tails = []
@@ -213,6 +214,8 @@ def encode_infer(model: str, version: str, req: InferRequest, outputs: dict[str,
     resp: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": out_docs}
     if req.id is not None:
         resp["id"] = req.id
+    if revision is not None:
+        resp["parameters"] = {"revision": revision}  # the parameter revision beside model_version
     header = orjson.dumps(resp, option=orjson.OPT_SERIALIZE_NUMPY, default=_default)
     if not tails:
         return header, None

@@ -51,13 +51,15 @@ def decode_infer(req: pb.ModelInferRequest) -> dict[str, np.ndarray]:
 
 
 def encode_infer(model: str, version: str, request_id: str, outputs: dict[str, np.ndarray],
-                 wanted: list[str]) -> pb.ModelInferResponse:
+                 wanted: list[str], revision: int | None = None) -> pb.ModelInferResponse:
     if wanted:
         unknown = [w for w in wanted if w not in outputs]
         if unknown:
             raise InvalidArgument(f"unknown output(s) {unknown}; the model has outputs {list(outputs)}")
         outputs = {w: outputs[w] for w in wanted}
     resp = pb.ModelInferResponse(model_name=model, model_version=version, id=request_id)
+    if revision is not None:
+        resp.parameters["revision"].int64_param = revision
     for name, arr in outputs.items():
         out = resp.outputs.add(name=name, datatype=datatype_of(arr))
         out.shape.extend(arr.shape)

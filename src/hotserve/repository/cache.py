@@ -118,7 +118,8 @@ class VersionCache:
                             self.attempts, last, delay)
                 time.sleep(delay)
             try:
-                files = [f for f in store.stat_files(path) if f.relpath not in _SKIP]
+                # A version's delta log is read through Storage by its keeper, not loaded from the copy.
+                files = [f for f in store.stat_files(path) if f.relpath not in _SKIP and not f.relpath.startswith("deltas/")]
             except (StorageUnavailable, OSError) as exc:
                 last = exc
                 continue

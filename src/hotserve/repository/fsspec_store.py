@@ -133,6 +133,13 @@ class FsspecStorage(CachedCopies):
     def write_bytes(self, path: str, data: bytes) -> None:
         self._call("put", f"cannot write {path}", self.fs.pipe_file, self._to_fs(path), data)
 
+    def create_new(self, path: str, data: bytes) -> bool:
+        # No conditional write through fsspec: exists + write. One writer per version on these stores.
+        if self.exists(path):
+            return False
+        self.write_bytes(path, data)
+        return True
+
     def put_file(self, local_src: str, path: str) -> None:
         self._call("put", f"cannot upload {path}", self.fs.put_file, local_src, self._to_fs(path))
 

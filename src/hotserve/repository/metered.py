@@ -13,7 +13,7 @@ from hotserve.observability import metrics
 from hotserve.repository.storage import Storage
 
 # The requests a Storage makes (join is string work, not a request).
-_OPS = ("list_entries", "stat_files", "stat", "exists", "read_bytes", "open_read", "write_bytes", "put_file", "makedirs",
+_OPS = ("list_entries", "stat_files", "stat", "exists", "read_bytes", "open_read", "write_bytes", "create_new", "put_file", "makedirs",
         "remove_tree", "rename", "local_dir")
 
 

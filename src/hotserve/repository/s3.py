@@ -292,6 +292,17 @@ class S3Storage(CachedCopies):
         with self._errors(f"cannot write {path}"):
             self._client.put_object(Bucket=self.bucket, Key=self._key(path), Body=data)
 
+    def create_new(self, path: str, data: bytes) -> bool:
+        """A conditional PUT (If-None-Match: *): S3 refuses it when the key exists."""
+        try:
+            with self._errors(f"cannot write {path}"):
+                self._client.put_object(Bucket=self.bucket, Key=self._key(path), Body=data, IfNoneMatch="*")
+        except StorageUnavailable as exc:
+            if "PreconditionFailed" in str(exc) or "412" in str(exc) or "ConditionalRequestConflict" in str(exc):
+                return False
+            raise
+        return True
+
     def put_file(self, local_src: str, path: str) -> None:
         """One PUT, or a multipart upload above the threshold: the object is listed only once
         its upload completed, never in parts."""

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 from hotserve.repository import manifest
+from hotserve.repository.deltas import DELTAS_DIR, commit_seq
 from hotserve.repository.storage import FileStat, Storage, StorageUnavailable
 
 log = logging.getLogger("hotserve.repository")
@@ -47,6 +48,9 @@ class VersionInfo:
     path: str
     fingerprint: Fingerprint
     published: bool  # carries a manifest whose sizes match
+    # The newest committed parameter delta under <version>/deltas/ (0: none). Deltas are not part
+    # of the fingerprint: a delta is a new revision of a loaded version, not a new version.
+    deltas: int = 0
 
     @property
     def size_bytes(self) -> int:
@@ -65,6 +69,10 @@ class ScanResult:
     def key(self) -> tuple:
         return (tuple(sorted((v, i.fingerprint) for v, i in self.complete.items())),
                 tuple(sorted(self.unreadable.items())))
+
+    def delta_key(self) -> tuple:
+        """Changes when a version's delta log got a new commit."""
+        return tuple(sorted((v, i.deltas) for v, i in self.complete.items() if i.deltas))
 
 
 def list_version_numbers(storage: Storage, base_path: str) -> list[int]:
@@ -91,9 +99,10 @@ class VersionScanner:
         # is walked, not tree-listed); the routing store reads its state file only when its
         # entry here changed.
         self.top_level: dict[str, FileStat] | None = None
-        # version -> (directory stamp, manifest stamp, info, when fully listed): lets a scan skip
-        # listing every file of a published version whose directory and manifest are unchanged.
-        self._stable: dict[int, tuple[tuple, tuple, VersionInfo, float]] = {}
+        # version -> (directory stamp, manifest stamp, info, when fully listed, deltas/ stamp or
+        # None): lets a scan skip listing every file of a published version whose directory and
+        # manifest (and delta log, where it has one) are unchanged.
+        self._stable: dict[int, tuple[tuple, tuple, VersionInfo, float, tuple | None]] = {}
         self._next_staging_check = 0.0
         self._dirty: set[int] | None = None
 
@@ -222,6 +231,13 @@ class VersionScanner:
             return None
         if (dstat.mtime_ns, dstat.size) != cached[0] or (mstat.mtime_ns, mstat.size) != cached[1]:
             return None
+        if cached[4] is not None:  # a third stat, only for versions with a delta log
+            try:
+                lstat = self.storage.stat(self.storage.join(path, DELTAS_DIR))
+            except (OSError, StorageUnavailable):
+                return None
+            if lstat is None or (lstat.mtime_ns, lstat.size) != cached[4]:
+                return None
         return cached[2]
 
     def _classify(self, version: int, path: str, now: float, result: ScanResult) -> None:
@@ -247,10 +263,25 @@ class VersionScanner:
         if info is not None and info.published and not self.storage.tree_listing:
             mstat = next(f for f in files if f.relpath == manifest.MANIFEST_NAME)
             dstat = self.storage.stat(path)
-            if dstat is not None:
-                self._stable[version] = ((dstat.mtime_ns, dstat.size), (mstat.mtime_ns, mstat.size), info, now)
+            lstamp = None
+            if info.deltas:
+                lstat = self.storage.stat(self.storage.join(path, DELTAS_DIR))
+                lstamp = (lstat.mtime_ns, lstat.size) if lstat is not None else None
+            if dstat is not None and (lstamp is not None or not info.deltas):
+                self._stable[version] = ((dstat.mtime_ns, dstat.size), (mstat.mtime_ns, mstat.size), info, now, lstamp)
 
     def _judge(self, version: int, path: str, files: list[FileStat], now: float, result: ScanResult) -> None:
+        prefix = DELTAS_DIR + "/"
+        seqs = [commit_seq(f.relpath[len(prefix):]) for f in files if f.relpath.startswith(prefix)]
+        if len(seqs) or any(f.relpath.startswith(prefix) for f in files):
+            files = [f for f in files if not f.relpath.startswith(prefix)]
+        deltas = max((q for q in seqs if q is not None), default=0)
+        self._judge_files(version, path, files, now, result)
+        info = result.complete.get(version)
+        if info is not None and deltas:
+            result.complete[version] = VersionInfo(info.version, info.path, info.fingerprint, info.published, deltas)
+
+    def _judge_files(self, version: int, path: str, files: list[FileStat], now: float, result: ScanResult) -> None:
         fp = _fingerprint(files)
         if not files:
             result.pending[version] = "empty directory"

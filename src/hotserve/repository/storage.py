@@ -85,6 +85,12 @@ class Storage(Protocol):
     def put_file(self, local_src: str, path: str) -> None:
         """Copy a local file to path (upload: multipart for large files). Durable on return."""
 
+    def create_new(self, path: str, data: bytes) -> bool:
+        """Create path with data only if it does not exist yet (False if it does): the commit of a
+        parameter delta, so two writers never both take one sequence number. Local: a link of a
+        synced temp file; S3: a conditional PUT; stores without either: exists + write (one
+        writer per version there)."""
+
     def makedirs(self, path: str) -> None:
         ...
 
@@ -106,6 +112,34 @@ class Storage(Protocol):
     def uploads_in_progress(self, path: str) -> bool:
         """True if an upload below path has started but not finished and is not listed yet (S3
         multipart uploads): a hand copy is not settled while one is running."""
+
+
+def _durable_temp(directory: str, data: bytes) -> str:
+    """A fsynced temporary file in `directory` holding `data`, with the mode a plain open() would
+    give (mkstemp's 0600 would hide manifests and deltas from a server running as another user)."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return tmp
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once at import: os.umask can only be read by setting it
 
 
 def _fsync(path: str) -> None:
@@ -179,12 +213,8 @@ class LocalStorage:
 
     def write_bytes(self, path: str, data: bytes) -> None:
         directory = os.path.dirname(path) or "."
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        tmp = _durable_temp(directory, data)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
             try:
@@ -193,6 +223,22 @@ class LocalStorage:
                 pass
             raise
         _fsync(directory)
+
+    def create_new(self, path: str, data: bytes) -> bool:
+        directory = os.path.dirname(path) or "."
+        tmp = _durable_temp(directory, data)
+        try:
+            try:
+                os.link(tmp, path)  # fails if path exists: atomic create-if-absent, complete when visible
+            except FileExistsError:
+                return False
+        finally:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        _fsync(directory)
+        return True
 
     def put_file(self, local_src: str, path: str) -> None:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

@@ -38,6 +38,7 @@ class RepositoryWatcher:
         poll_wait_seconds: float = 1.0,
         use_inotify: bool = True,
         on_recovered: Callable[[], None] | None = None,
+        on_deltas: Callable[[ScanResult], None] | None = None,
     ) -> None:
         self.scanner = scanner
         self.on_scan = on_scan
@@ -50,6 +51,10 @@ class RepositoryWatcher:
         self._observer = None
         self._watched_ino: int | None = None
         self._last_key: tuple | None = None
+        # New parameter-delta commits (ScanResult.delta_key) go to on_deltas, not on_scan: a delta
+        # is a new revision of a loaded version, nothing for the planner.
+        self.on_deltas = on_deltas
+        self._last_delta_key: tuple = ()
         self._in_outage = False
         self._failures = 0  # consecutive failed scans
         self._scan_lock = threading.Lock()
@@ -181,6 +186,14 @@ class RepositoryWatcher:
                 if key != self._last_key:
                     self._last_key = key
                     self.on_scan(result)
+                dkey = result.delta_key()
+                if dkey != self._last_delta_key:
+                    self._last_delta_key = dkey
+                    if self.on_deltas is not None:
+                        try:
+                            self.on_deltas(result)
+                        except Exception:
+                            log.exception("model %s: following parameter deltas failed", self.scanner.model)
                 if result.next_check_in is not None:
                     wait = min(wait, result.next_check_in + 0.005)
             if self._wake.wait(wait):

@@ -51,6 +51,40 @@ class Servable(Protocol):
         ...
 
 
+# Live parameters (core/parameters.py, runtimes/parameters.py). A servable that takes deltas has
+#   param_specs: dict[str, ParamSpec]      the tensors a delta may write
+#   current: ParamState                    the state plain predict() reads (revision 0 at load)
+#   predict_state(state, inputs, signature_name) -> outputs
+#   state_extra(old_state, tensors, touched) -> the runtime's per-state object (e.g. a session)
+# and `not_updatable` ("" when it takes deltas, else why not). Others take no deltas.
+
+
+def updatable(servable: Servable) -> str:
+    """'' when the servable takes parameter deltas, else why not (for metadata and the 400)."""
+    if getattr(servable, "param_specs", None) is None or not hasattr(servable, "predict_state"):
+        return getattr(servable, "not_updatable", "") or (
+            f"the {servable.runtime} runtime does not take parameter deltas; publish a new version instead")
+    return getattr(servable, "not_updatable", "")
+
+
+class StateView:
+    """A servable seen through one parameter state: what a request bound to a revision runs."""
+
+    __slots__ = ("servable", "state", "signatures", "runtime")
+
+    def __init__(self, servable: Servable, state) -> None:
+        self.servable = servable
+        self.state = state
+        self.signatures = servable.signatures
+        self.runtime = servable.runtime
+
+    def predict(self, inputs: Mapping[str, np.ndarray], signature_name: str = DEFAULT_SIGNATURE) -> dict[str, np.ndarray]:
+        return self.servable.predict_state(self.state, inputs, signature_name)
+
+    def __getattr__(self, name: str):
+        return getattr(self.servable, name)
+
+
 def get_signature(servable: Servable, signature_name: str | None) -> Signature:
     name = signature_name or DEFAULT_SIGNATURE
     try:

@@ -222,6 +222,11 @@ def _to_numpy(t) -> np.ndarray:
 
 class SavedModelServable:
     runtime = "tensorflow"
+    # Live parameters: a SavedModel's variables live inside TensorFlow's graph and its traced
+    # functions capture them; giving each revision its own copy of the touched variables would
+    # mean re-tracing every signature. Publish a new version instead.
+    not_updatable = ("TensorFlow SavedModels take no parameter deltas: their variables are captured by the traced "
+                     "signatures, so a revision cannot get its own copy without a reload; publish a new version")
 
     def __init__(self, version_dir: str, intra_op_threads: int = 0, inter_op_threads: int = 0) -> None:
         tf = _tf()

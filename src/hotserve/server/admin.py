@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import orjson
 
-from hotserve.core import control
+from hotserve.core import control, parameters
 from hotserve.errors import InvalidArgument, MethodNotAllowed, NotFound
 from hotserve.protocols.json_body import parse_object
 from hotserve.server.http import Request
@@ -61,8 +61,14 @@ class AdminRoutes:
             result = await call(control.set_canary, mm, _int_or_none(doc, "version"), weight)
         elif action == "pin":
             result = await call(control.pin, mm, _int_or_none(doc, "version"))
+        elif action == "rollback" and doc.get("revision") is not None:
+            # A parameter revision of a loaded version ("7.3"): instant within the kept history.
+            version, revision = parameters.parse_revision_ref(doc["revision"])
+            result = await call(parameters.rollback, mm, version, revision)
         elif action == "rollback":
             result = await call(control.rollback, mm, _int_or_none(doc, "to"))
+        elif action == "compact":
+            result = await call(parameters.compact, mm, _int_or_none(doc, "version"))
         elif action == "load":
             await call(control.request_load, mm)
             result = control.routing(mm)
@@ -70,5 +76,5 @@ class AdminRoutes:
             await call(control.request_unload, mm)
             result = control.routing(mm)
         else:
-            raise NotFound(f"unknown admin action {action!r}; expected labels, canary, pin, rollback, load, unload")
+            raise NotFound(f"unknown admin action {action!r}; expected labels, canary, pin, rollback, compact, load, unload")
         return Reply(200, orjson.dumps(result))

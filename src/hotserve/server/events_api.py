@@ -2,8 +2,10 @@
 
 `?after=N` returns the events after sequence number N (the bus keeps the last few thousand);
 `&wait=S` long-polls up to S seconds (at most 30) for the first one when there is none yet;
-`&model=m` and `&kind=k1,k2` filter. The answer is {"events": [...], "last": seq}: pass `last`
-as the next `after`.
+`&model=m` and `&kind=k1,k2` filter. The answer is {"events": [...], "last": seq, "worker": w}:
+pass `last` as the next `after`. With --num_workers each worker has its own bus and sequence
+numbers, so the answer names the worker that gave it (a keep-alive connection stays with one);
+the dashboard is the view that merges every worker's events.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ async def wait_for_records(bus: EventBus, after: int, timeout: float) -> None:
         unsubscribe()
 
 
-async def events_reply(bus: EventBus, query: bytes) -> Reply:
+async def events_reply(bus: EventBus, query: bytes, worker: str = "0") -> Reply:
     params = parse_qs(query.decode("latin-1"))
     after = int(_number(params, "after", 0))
     if after >= 1 << 53:
@@ -72,4 +74,5 @@ async def events_reply(bus: EventBus, query: bytes) -> Reply:
             break
         await wait_for_records(bus, max(after, last), remaining)
         after = max(after, last)
-    return Reply(200, orjson.dumps({"events": [r.to_dict() for r in records], "last": max(after, last)}))
+    return Reply(200, orjson.dumps({"events": [r.to_dict() for r in records], "last": max(after, last),
+                                       "worker": worker}))

@@ -63,6 +63,7 @@ class Done(Generic[R]):
     version: str | None  # the bound version, also on errors raised after binding
     seconds: float = 0.0
     request_id: str | None = None  # echoed in the answer (header, metadata)
+    revision: str | None = None  # the bound version's parameter revision (invariant 1 extended)
 
 
 class Observer(Protocol):
@@ -164,6 +165,7 @@ class RequestFrame:
                 lv.release()
         seconds = time.perf_counter() - t0
         version = lv.version_str if lv is not None else None
+        revision = lv.revision_str if lv is not None else None
         late = slot is not None and slot.answered()
         if not late:
             metrics.record_request(call.model, version or "", call.api, call.entrypoint,
@@ -172,7 +174,7 @@ class RequestFrame:
             (slot.lane.returned if late else slot.lane.done)(seconds)
         if span is not None:
             tracing.finish(span, lv, err.code.value if err else "OK")
-        return Done(value, err, version, seconds, call.request_id)
+        return Done(value, err, version, seconds, call.request_id, revision)
 
     async def run(self, call: Call, prepare: Callable[[], P], execute: Callable[[LoadedVersion, P], R],
                   timeout: float | None = None, timeout_flag: str = "") -> Done[R]:
@@ -202,8 +204,9 @@ class RequestFrame:
             return await future  # finished (just now, perhaps): its answer stands
         lane.timed_out()
         version = slot.lv.version_str if slot.lv is not None else None
+        revision = slot.lv.revision_str if slot.lv is not None else None
         metrics.record_request(call.model, version or "", call.api, call.entrypoint, Code.DEADLINE_EXCEEDED.value,
                                timeout)
         hint = f" ({timeout_flag})" if timeout_flag else ""
         return Done(None, HotserveError(f"request did not finish within {timeout:g}s{hint}", Code.DEADLINE_EXCEEDED),
-                    version, timeout, call.request_id)
+                    version, timeout, call.request_id, revision)

@@ -18,6 +18,7 @@ from hotserve.server.frame import Call
 log = logging.getLogger("hotserve.grpc")
 
 VERSION_METADATA = "x-model-version"
+REVISION_METADATA = "x-model-revision"
 KEY_METADATA = "x-request-key"
 ID_METADATA = "x-request-id"
 
@@ -67,7 +68,7 @@ def framed(plan: Planner, req_cls, resp_cls, ctx: ServerContext) -> grpc.RpcMeth
         remaining = context.time_remaining()
         timeout = min(remaining, ctx.timeout_seconds) if remaining is not None else ctx.timeout_seconds
         done = await ctx.frame.run(call, prepare, execute, timeout, "the call's deadline or --rest_api_timeout_in_ms")
-        trailing = ((VERSION_METADATA, done.version),) if done.version else ()
+        trailing = ((VERSION_METADATA, done.version), (REVISION_METADATA, done.revision or "0")) if done.version else ()
         if done.request_id is not None:
             trailing += ((ID_METADATA, done.request_id),)
         if done.error is not None:

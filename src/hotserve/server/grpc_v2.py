@@ -58,7 +58,8 @@ class InferenceService:
             outputs = inference.predict(lv, inputs, None)
             # V2 echoes the body's id; without one, the id the server used (x-request-id, or made).
             rid = req.id or call.request_id or ""
-            return codec.encode_infer(req.model_name, lv.version_str, rid, outputs, [o.name for o in req.outputs])
+            return codec.encode_infer(req.model_name, lv.version_str, rid, outputs, [o.name for o in req.outputs],
+                                      lv.revision)
 
         return call, lambda: codec.decode_infer(req), execute
 

@@ -54,7 +54,24 @@ _V2_INFER = {
     "required": ["inputs"],
 }
 _VERSION_HEADER = {"X-Model-Version": {"description": "the version that produced this answer",
-                                       "schema": {"type": "string"}}}
+                                       "schema": {"type": "string"}},
+                   "X-Model-Revision": {"description": "the parameter revision of that version (0: as loaded)",
+                                        "schema": {"type": "string"}}}
+_DELTA = {
+    "type": "object",
+    "properties": {
+        "updates": {"type": "array", "items": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "values": _JSON_VALUE,
+                           "rows": {"type": "array", "items": {"type": "integer", "minimum": 0}}},
+            "required": ["name", "values"]}},
+        "expect_revision": {"type": "integer", "minimum": 0},
+        "source": {"type": "string"},
+    },
+    "required": ["updates"],
+    "description": "a parameter delta: whole tensors (values) or rows of them (rows + values); applied whole or not at "
+                   "all. Also as Content-Type application/x-safetensors (tensors NAME, or NAME.rows + NAME.values)",
+}
 
 
 def _answers(ok: dict | None = None, ok_type: str = "application/json") -> dict:
@@ -85,6 +102,9 @@ def document() -> dict:
         paths[prefix + ":predict"] = {"post": _op("TF Serving: predict", [*params, _KEY], _PREDICT)}
         paths[prefix + ":classify"] = {"post": _op("TF Serving: classify tf.Examples", [*params, _KEY], _EXAMPLES)}
         paths[prefix + ":regress"] = {"post": _op("TF Serving: regress tf.Examples", [*params, _KEY], _EXAMPLES)}
+    paths["/v1/models/{model}/versions/{version}:update_parameters"] = {"post": _op(
+        "live parameters: write a delta into a loaded version; answers model, version, revision, applied_ms "
+        "(409 when expect_revision no longer holds)", [_MODEL, _VERSION], _DELTA, secured=True)}
     paths["/v2"] = {"get": _op("KServe V2: server metadata")}
     paths["/v2/health/live"] = {"get": _op("KServe V2: liveness")}
     paths["/v2/health/ready"] = {"get": _op("KServe V2: readiness")}
@@ -116,7 +136,10 @@ def document() -> dict:
             ("canary", {"type": "object", "properties": {"version": version_or_null,
                                                          "weight": {"type": "number", "minimum": 0, "maximum": 100}}}),
             ("pin", {"type": "object", "properties": {"version": version_or_null}}),
-            ("rollback", {"type": "object", "properties": {"to": version_or_null}}),
+            ("rollback", {"type": "object", "properties": {"to": version_or_null, "revision": {
+                "type": "string", "pattern": "^[0-9]+[.][0-9]+$",
+                "description": "a parameter revision of a loaded version, VERSION.REVISION (e.g. 7.3)"}}}),
+            ("compact", {"type": "object", "properties": {"version": version_or_null}}),
             ("load", {"type": "object"}), ("unload", {"type": "object"})):
         paths[f"/v1/admin/models/{{model}}/{action}"] = {"post": _op(f"management: {action}", [_MODEL], body, secured=True)}
     paths["/v1/admin/config:reload"] = {"post": _op("management: reload --model_config_file", body={"type": "object"},

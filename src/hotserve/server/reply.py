@@ -15,7 +15,7 @@ class Reply:
     request metrics count; errors carry theirs, so nothing maps HTTP statuses back. `stream`
     replaces the body for streamed answers (server-sent events)."""
 
-    __slots__ = ("status", "body", "version", "headers", "code", "stream")
+    __slots__ = ("status", "body", "version", "headers", "code", "stream", "revision")
 
     def __init__(self, status: int, body: bytes, version: str | None = None,
                  headers: list[tuple[bytes, bytes]] | None = None, code: str = "OK",
@@ -26,6 +26,7 @@ class Reply:
         self.headers = headers
         self.code = code
         self.stream = stream
+        self.revision: str | None = None  # X-Model-Revision beside X-Model-Version
 
 
 def error_reply(exc: HotserveError, version: str | None = None) -> Reply:

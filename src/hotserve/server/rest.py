@@ -25,11 +25,13 @@ from hotserve.server.reply import JSON, Reply, error_reply
 from hotserve.server.rest_tfserving import PREFIX as V1_PREFIX
 from hotserve.server.rest_tfserving import V1Routes
 from hotserve.server.rest_learning import LearningRoutes, is_learning_path
+from hotserve.server.rest_parameters import ParameterRoutes, is_parameters_path
 from hotserve.server.rest_v2 import V2Routes
 
 log = logging.getLogger("hotserve.rest")
 
 _VERSION_HEADER = b"x-model-version"
+_REVISION_HEADER = b"x-model-revision"
 # TF Serving's Prometheus path, and the usual one.
 _METRICS_PATHS = ("/monitoring/prometheus/metrics", "/metrics")
 _METRICS_TYPE = (b"content-type", b"text/plain; version=0.0.4")
@@ -44,6 +46,7 @@ class RestApp:
         self.v2 = V2Routes(ctx)
         self.admin = AdminRoutes(ctx)
         self.learning = LearningRoutes(ctx)
+        self.parameters = ParameterRoutes(ctx)
         self.dashboard = DashboardRoutes(lambda: worker_state(ctx.manager, ctx.worker), ctx.worker, ctx.peers)
 
     def close(self) -> None:
@@ -77,6 +80,8 @@ class RestApp:
         headers = reply.headers or [JSON]
         if reply.version is not None:
             headers.append((_VERSION_HEADER, reply.version.encode()))
+            if reply.revision is not None:
+                headers.append((_REVISION_HEADER, reply.revision.encode()))
         # Shutting down: a balancer's kept-alive connection closes after this answer, so its next
         # request opens a new one (to another replica once this one stops accepting).
         return Response(reply.status, headers, reply.body, reply.stream, close=self.ctx.draining)
@@ -98,6 +103,8 @@ class RestApp:
         path = request.path
         if is_learning_path(path):
             return await self.learning.dispatch(path, request)
+        if is_parameters_path(path):
+            return await self.parameters.dispatch(path, request)
         if path.startswith(V1_PREFIX):
             return await self.v1.dispatch(path[len(V1_PREFIX):], request)
         if path in _METRICS_PATHS:
@@ -110,7 +117,7 @@ class RestApp:
         if path == "/openapi.json":
             return Reply(200, openapi.document_bytes())
         if path == "/v1/events":
-            return await events_reply(self.manager.bus, request.query)
+            return await events_reply(self.manager.bus, request.query, str(self.ctx.worker))
         if path in ("/healthz", "/v2/health/live"):
             return self._live()
         if path in ("/readyz", "/v2/health/ready"):

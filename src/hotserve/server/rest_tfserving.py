@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hotserve.core import inference
+from hotserve.core import inference, parameters
 from hotserve.core.loaded import LoadedVersion
 from hotserve.errors import InvalidArgument, MethodNotAllowed, NotFound, clip
 from hotserve.protocols import tf_examples
@@ -35,6 +35,7 @@ def reply_of(done: Done) -> Reply:
         reply = Reply(200, body, done.version, headers)
     if done.request_id is not None:
         reply.headers = [*(reply.headers or [JSON]), (ID_HEADER, done.request_id.encode("latin-1", "replace"))]
+    reply.revision = done.revision
     return reply
 
 
@@ -77,6 +78,16 @@ class V1Routes:
         if label is not None:
             version = mm.label_version(label)
         doc = tfs.status_doc(mm.statuses(version))
+        revisions = parameters.describe_loaded(mm)
+        for entry in doc["model_version_status"]:
+            p = revisions.get(int(entry["version"]))
+            # Beyond TF Serving's fields, and only once a version took deltas: the revision it serves
+            # and how it got there. Until then the status is exactly TF Serving's, so a client that
+            # parses it strictly into GetModelStatusResponse keeps working.
+            if p is not None and (p["revision"] or p.get("history")):
+                entry["revision"] = p["revision"]
+                if p.get("history"):
+                    entry["revision_history"] = p["history"]
         outage = mm.storage_status()
         if outage is not None:  # only during a storage outage: served versions are kept, this says why nothing changes
             doc["storage"] = outage
@@ -130,9 +141,9 @@ class V1Routes:
         return prepare, execute
 
     def _metadata(self, name: str, version: int | None, label: str | None) -> Reply:
-        lv = self.ctx.manager.acquire(name, version, label)
+        bound = self.ctx.manager.acquire(name, version, label)
         try:
-            doc = tfs.metadata_doc(name, lv.version, lv.servable.signatures)
+            doc = tfs.metadata_doc(name, bound.version, bound.servable.signatures)
             if self.ctx.serving_shape:
                 # A metadata field of hotserve's own beside signature_def (TF Serving's metadata is a
                 # map of named fields): how this server runs the model, and why.
@@ -140,6 +151,10 @@ class V1Routes:
                 doc["metadata"]["serving_shape"] = {
                     **self.ctx.serving_shape,
                     "inference_now": "event loop (measured cheap)" if mm.inline_ok else "model threads"}
-            return Reply(200, tfs.dumps(doc), lv.version_str)
+            if bound.lv.params is not None:  # the revision, whether it takes deltas, its history
+                doc["parameters"] = bound.lv.params.describe()
+            reply = Reply(200, tfs.dumps(doc), bound.version_str)
+            reply.revision = bound.revision_str
+            return reply
         finally:
-            lv.release()
+            bound.release()

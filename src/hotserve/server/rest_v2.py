@@ -120,7 +120,7 @@ class V2Routes:
                 req.id = call.request_id  # the answer's body carries the id the server used
             sig = get_signature(lv.servable, None)
             outputs = v2.select_outputs(inference.predict(lv, req.inputs, None), req.outputs, sig)
-            payload, json_len = v2.encode_infer(name, lv.version_str, req, outputs)
+            payload, json_len = v2.encode_infer(name, lv.version_str, req, outputs, lv.revision)
             headers = None if json_len is None else [_OCTET, (v2.BINARY_HEADER, str(json_len).encode())]
             return payload, headers
 

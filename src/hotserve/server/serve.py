@@ -53,6 +53,7 @@ class ServeOptions:
     feedback_store: str | None = None
     feedback_retention: object | None = None  # learning.store.Retention
     prediction_log_queue: int = 10_000
+    parameter_guard: tuple[float, int] | None = None  # (margin, examples): revert deltas that make the metric worse
     otel_endpoint: str | None = None  # --otel_exporter_otlp_endpoint (tracing also follows OTEL_* variables)
     # --fleet zk://host:port/path: membership, routing intent and rollouts through ZooKeeper.
     fleet: str | None = None
@@ -280,6 +281,10 @@ def _start_learning(opts: ServeOptions, manager: Manager, ctx):
     ctx.frame.observers.append(service.log)
     ctx.frame.wants_id = service.log.wants_id
     log.info("continuous learning on: feedback store %s", service.store.url)
+    if opts.parameter_guard is not None and opts.worker_id in (None, 0):  # one guard per server: its rollback is logged
+        from hotserve.learning.guard import DeltaGuard
+
+        service.guard = DeltaGuard(manager, service.store, *opts.parameter_guard).start()
     return service
 
 
