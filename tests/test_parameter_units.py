@@ -253,3 +253,55 @@ def test_a_python_models_update_parameters_hook_builds_the_next_state(tmp_path):
     b = lv.try_acquire()
     assert b.servable.predict(x)["y"].tolist() == [[2.0, 2.0]]
     b.release()
+
+
+def test_onnx_proto_reads_floats_as_onnx_does_in_every_encoding(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from hotserve.runtimes import onnx_proto
+
+    rng = np.random.default_rng(3)
+    for dtype in (np.float32, np.float16, np.float64):
+        arr = rng.standard_normal((3, 5)).astype(dtype)
+        raw = numpy_helper.from_array(arr, "w")
+        typed = helper.make_tensor("w", helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), arr.shape,
+                                   arr.flatten().tolist(), raw=False)
+        for tensor in (raw, typed):
+            got = onnx_proto.float_array(tensor)
+            np.testing.assert_array_equal(got, numpy_helper.to_array(tensor))
+            assert got.flags.writeable and got.dtype == dtype
+    assert onnx_proto.float_dtype(TensorProto.INT64) is None
+    assert onnx_proto.float_type(np.dtype(np.float16)) == TensorProto.FLOAT16
+
+
+def test_onnx_proto_loads_graphs_with_external_data_through_onnx(tmp_path):
+    import onnx
+
+    from hotserve.runtimes import onnx_proto
+
+    path = make_embedding_model(str(tmp_path / "m" / "model.onnx"), rows=50, dim=4, seed=1)
+    model = onnx.load(path)
+    want = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer
+            if onnx_proto.float_dtype(t.data_type) is not None}
+    onnx.save(model, str(tmp_path / "ext.onnx"), save_as_external_data=True,
+              location="weights.bin", size_threshold=0)
+    got = {t.name: onnx_proto.float_array(t) for t in onnx_proto.load_model(str(tmp_path / "ext.onnx")).graph.initializer
+           if onnx_proto.float_dtype(t.data_type) is not None}
+    assert got.keys() == want.keys() and got
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_loading_a_version_does_not_import_the_onnx_package(tmp_path):
+    """`import onnx` costs ~12 MiB per worker; the load path reads the graph with the protobuf
+    classes alone (runtimes/onnx_proto.py)."""
+    import subprocess
+    import sys
+
+    path = make_embedding_model(str(tmp_path / "m" / "model.onnx"), rows=50, dim=4, seed=1)
+    code = ("import sys; from hotserve.runtimes.onnx import OnnxServable; s = OnnxServable(sys.argv[1]); "
+            "assert s.param_specs and not s.not_updatable, s.not_updatable; "
+            "print(sorted(m for m in sys.modules if m == 'onnx' or m.startswith('onnx.')))")
+    out = subprocess.run([sys.executable, "-c", code, os.path.dirname(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['onnx.onnx_ml_pb2']"

@@ -27,6 +27,7 @@ import numpy as np
 
 from hotserve import dtypes
 from hotserve.errors import LoadError
+from hotserve.runtimes import onnx_proto
 from hotserve.runtimes.base import DEFAULT_SIGNATURE, Signature, TensorSpec, get_signature
 from hotserve.runtimes.parameters import ParamSpec, ParamState, TableStore, TableView
 
@@ -34,7 +35,6 @@ log = logging.getLogger("hotserve.runtimes")
 
 MODEL_FILE = "model.onnx"
 _IN_MEMORY = "hotserve-in-memory"  # the external-data location of initializers hotserve supplies
-_FLOATS = ("float32", "float16", "float64")
 
 
 def _shape(dims: list) -> tuple[int, ...] | None:
@@ -52,10 +52,8 @@ class _Split:
     """The graph with tables lifted out and float initializers supplied by us."""
 
     def __init__(self, path: str) -> None:
-        import onnx
-        from onnx import TensorProto, helper, numpy_helper
-
-        model = onnx.load(path)
+        pb = onnx_proto.pb2()
+        model = onnx_proto.load_model(path)
         graph = model.graph
         inputs = {i.name for i in graph.input}
         inits = {i.name: i for i in graph.initializer}
@@ -64,8 +62,9 @@ class _Split:
             for name in node.input:
                 consumers.setdefault(name, []).append(node)
         # Names read by subgraphs (If/Loop bodies) are left alone: we do not rewrite inside them.
-        sub_reads = {n for node in graph.node for a in node.attribute if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                     for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)) for sn in g.node for n in sn.input}
+        GRAPH, GRAPHS = pb.AttributeProto.GRAPH, pb.AttributeProto.GRAPHS
+        sub_reads = {n for node in graph.node for a in node.attribute if a.type in (GRAPH, GRAPHS)
+                     for g in ([a.g] if a.type == GRAPH else list(a.graphs)) for sn in g.node for n in sn.input}
         self.tables: dict[str, np.ndarray] = {}
         self.dense: dict[str, np.ndarray] = {}
         self.gathers: list[tuple[str, str, str]] = []  # (gather output = new graph input, table, indices input)
@@ -73,19 +72,18 @@ class _Split:
         for name, init in inits.items():
             if name in inputs or name in sub_reads:
                 continue  # an initializer that is also an input may be overridden by clients: not ours
-            dtype = helper.tensor_dtype_to_np_dtype(init.data_type)
-            if np.dtype(dtype).name not in _FLOATS:
+            if onnx_proto.float_dtype(init.data_type) is None:
                 continue
             users = consumers.get(name, [])
             gathers = [n for n in users if n.op_type == "Gather" and n.input[0] == name and n.input[1] in inputs
                        and n.input[1] not in inits and all(a.name != "axis" or a.i == 0 for a in n.attribute)]
             if len(init.dims) >= 2 and users and len(gathers) == len(users):
-                self.tables[name] = np.array(numpy_helper.to_array(init), copy=True)
+                self.tables[name] = onnx_proto.float_array(init)
                 for n in gathers:
                     self.gathers.append((n.output[0], name, n.input[1]))
                     drop_nodes.append(n)
             else:
-                self.dense[name] = np.array(numpy_helper.to_array(init), copy=True)
+                self.dense[name] = onnx_proto.float_array(init)
         in_types = {i.name: i.type.tensor_type for i in graph.input}
         for node in drop_nodes:
             graph.node.remove(node)
@@ -97,7 +95,7 @@ class _Split:
                 shape = dims + list(t.shape[1:])
             else:
                 shape = None
-            graph.input.append(helper.make_tensor_value_info(out, helper.np_dtype_to_tensor_dtype(t.dtype), shape))
+            graph.input.append(onnx_proto.tensor_value_info(out, onnx_proto.float_type(t.dtype), shape))
             for vi in list(graph.value_info):
                 if vi.name == out:
                     graph.value_info.remove(vi)
@@ -112,7 +110,7 @@ class _Split:
             for k, v in (("location", _IN_MEMORY), ("offset", "0"), ("length", str(self.dense[name].nbytes))):
                 e = init.external_data.add()
                 e.key, e.value = k, v
-            init.data_location = TensorProto.EXTERNAL
+            init.data_location = pb.TensorProto.EXTERNAL
         self.graph_bytes = model.SerializeToString()
 
 
@@ -204,12 +202,9 @@ class OnnxServable:
     def initial_values(self, names: list[str]) -> dict[str, np.ndarray]:
         """The named tensors as the version's model.onnx holds them (a rollback beyond the kept
         history; reads the file once, keeps only these tensors)."""
-        import onnx
-        from onnx import numpy_helper
-
         wanted = set(names)
-        model = onnx.load(self._path)
-        out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name in wanted}
+        model = onnx_proto.load_model(self._path)
+        out = {i.name: onnx_proto.float_array(i) for i in model.graph.initializer if i.name in wanted}
         del model
         return out
 
