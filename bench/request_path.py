@@ -86,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     while not manager.ready() and time.monotonic() < deadline:
         time.sleep(0.01)
     mm = manager.models["mlp"]
-    mm.inline_ok = True  # what --inference_threading=auto decides for this model once measured
     ctx = build_context(manager, ThreadPoolExecutor(2))
     app = RestApp(ctx)
 
@@ -133,6 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         app.fast(req)
 
     check = lean()
+    # --inference_threading=auto runs the model inline once it measured enough cheap inferences
+    # (core/inline.py; re-decided every 0.25 s): serve until it does, as a server under load would.
+    deadline = time.monotonic() + 30
+    while not mm.inline_ok and time.monotonic() < deadline:
+        hotserve_http()
+    assert mm.inline_ok, "the model never qualified to run inline"
+    first = app.fast(Request("POST", "/v1/models/mlp:predict", b"", [(b"content-type", b"application/json")], body, True))
+    assert first is not None and first.status == 200, "the app did not answer inline"
     hotserve_http()
     proto.data_received(raw)
     while proto.task is not None or not transport.out:
