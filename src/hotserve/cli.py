@@ -139,7 +139,7 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
           help="TF Serving's BatchingParameters text proto: max_batch_size, batch_timeout_micros, max_enqueued_batches, "
                "num_batch_threads, allowed_batch_sizes, pad_variable_length_inputs (implies --enable_batching)")
     _flag(p, "inference_threading", default="auto", choices=["pool", "auto"],
-          help="auto (default): a small request (<= 16 KiB) to a model whose recent median inference is under "
+          help="auto (default): a small request (up to 32 KiB of JSON, or 128 KiB of binary tensors) to a model whose recent median inference is under "
                "--inline_inference_max_us runs on the event loop, with no thread hop (ONNX and TensorFlow models; Python "
                "models always run in their own threads, where a hang cannot stall the loop). pool: every inference runs "
                "in its model's threads")

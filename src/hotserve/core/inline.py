@@ -8,6 +8,22 @@ from hotserve.core.router import RouteTable
 # A version runs inline only once this many of its recent inferences were measured.
 SAMPLES = 50
 
+# A request runs inline only when it is small: what it costs the loop grows with the bytes it
+# brings. Measured on the MLP 784-256-256-10 (bench/request_path.py): JSON text costs about
+# 7 ns a byte to parse, convert and run; raw tensor bytes (V2's binary extension, gRPC
+# tensor_content / raw_input_contents) about 3 ns, for the copy and the larger batch they carry.
+# Raw bytes therefore count a quarter, and the cap keeps one inline request at roughly
+# 0.25-0.4 ms of loop time: a 32 KiB JSON body (a few rows), or 128 KiB of raw tensors (a
+# batch of 32 rows of 784 floats is 100 KB). Larger requests take the model's threads, where
+# a long request cannot hold up every other connection of the worker.
+MAX_WEIGHT = 32 * 1024
+RAW_BYTES_PER_UNIT = 4
+
+
+def request_weight(text_bytes: int, raw_bytes: int = 0) -> int:
+    """A request's size as the inline decision weighs it (compare with MAX_WEIGHT)."""
+    return text_bytes + raw_bytes // RAW_BYTES_PER_UNIT
+
 
 def inline_ok(table: RouteTable, limit_us: float) -> bool:
     """True when the default version's median of its recent inferences is under limit_us; a

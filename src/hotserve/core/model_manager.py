@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from hotserve.batching.batcher import Batcher
 from hotserve.batching.parameters import BatchingParameters
-from hotserve.core import planner
+from hotserve.core import inline, planner
 from hotserve.core.config import ModelConfig
 from hotserve.core.gates.pipeline import GatePipeline
 from hotserve.core.intent import IntentKeeper
@@ -41,8 +41,6 @@ from hotserve.runtimes.registry import RuntimeOptions
 
 log = logging.getLogger("hotserve.manager")
 
-# Requests larger than this always go to the worker pool, even for a cheap model.
-INLINE_MAX_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -193,9 +191,10 @@ class ModelManager:
             raise NotFound(f"label {label!r} of model {self.name!r} is not assigned to an available version")
         return lv.version
 
-    def runs_inline(self, request_bytes: int) -> bool:
-        """Whether a request this large may run on the event loop (--inference_threading=auto)."""
-        return self.inline_ok and request_bytes <= INLINE_MAX_BYTES
+    def runs_inline(self, weight: int) -> bool:
+        """Whether a request of this weight (core/inline.py's request_weight) may run on the event
+        loop (--inference_threading=auto)."""
+        return self.inline_ok and weight <= inline.MAX_WEIGHT
 
     @property
     def explicitly_unloaded(self) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 
 from hotserve import __version__
-from hotserve.core import control, inference
+from hotserve.core import control, inference, inline
 from hotserve.errors import InvalidArgument, MethodNotAllowed, NotFound
 from hotserve.protocols import limits, v2
 from hotserve.protocols.json_body import parse_object
@@ -64,7 +64,7 @@ class V2Routes:
     def model_call(self, name: str, target: tuple[int | None, str | None], request: Request):
         """(Call, prepare, execute) of an infer request, for the frame."""
         body = request.body
-        call = Call(name, *target, request.header(KEY_HEADER), "infer", "REST", len(body), request.header(ID_HEADER))
+        call = Call(name, *target, request.header(KEY_HEADER), "infer", "REST", _weight(request), request.header(ID_HEADER))
         prepare, execute = self._infer(name, body, request.header(v2.BINARY_HEADER),
                                        request.header(b"content-encoding"), call)
         return call, prepare, execute
@@ -73,7 +73,7 @@ class V2Routes:
         """A `POST /v2/models/<name>/infer` answered right here on the event loop when the model
         runs inline; None otherwise."""
         mm = self.manager.models.get(name)
-        if mm is None or not mm.runs_inline(len(request.body)):
+        if mm is None or not mm.runs_inline(_weight(request)):
             return None
         call, prepare, execute = self.model_call(name, (None, None), request)
         return reply_of(self.ctx.frame.run_sync(call, prepare, execute))
@@ -125,3 +125,18 @@ class V2Routes:
             return payload, headers
 
         return prepare, execute
+
+
+def _weight(request: Request) -> int:
+    """The request's weight for the inline decision: the JSON part in full, binary tensors (the
+    binary extension, after the JSON) at a quarter; a compressed body in full (its size after
+    inflating is unknown until it is inflated)."""
+    size = len(request.body)
+    hdr = request.header(v2.BINARY_HEADER)
+    if hdr is None or request.header(b"content-encoding") is not None:
+        return size
+    try:
+        json_len = min(max(int(hdr), 0), size)
+    except ValueError:
+        return size  # prepare() answers the 400
+    return inline.request_weight(json_len, size - json_len)
