@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hotserve-src", action="append", default=[], metavar="LABEL=PATH",
                    help="also run hotserve (default flags) from another source tree, e.g. an older commit checked out with "
                         "`git worktree add /tmp/old <commit>`: LABEL=/tmp/old/src (repeatable); compares commits in one run")
+    p.add_argument("--hotserve-src-flags", default="", metavar="FLAGS",
+                   help="flags for the --hotserve-src servers (default none: each commit's own defaults); give flags every "
+                        "compared commit knows to compare the same shape, e.g. '--tensorflow_intra_op_parallelism 1'")
     p.add_argument("--client-cpus", default="1", help="CPU list the load tools (and the bench's own samplers/publisher) are pinned to (default 1)")
     p.add_argument("--server-cpus", default="", help="pin every server to this CPU list (default: not pinned, servers may use every core)")
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads in table 1 (default 1: one event loop saturates one core best)")
@@ -190,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         "wrk_threads": opts.wrk_threads, "fastapi_workers": opts.fastapi_workers,
         "lean_workers": opts.lean_workers, "kserve_workers": opts.kserve_workers, "kserve_apis": opts.kserve_apis,
         "hotserve_tuned_flags": opts.hotserve_tuned_flags, "hotserve_src": extra_src,
+        "hotserve_src_flags": opts.hotserve_src_flags,
         "hotserve_commit": session.git_commit(), "versions": versions,
         "workdir": workdir,
     }}
@@ -237,7 +241,8 @@ def _run_matrix(opts, names: list[str], peer_tools: dict[str, str], workdir: str
             if name in HOTSERVE_SHAPES or name in (extra_src or {}):
                 base = os.path.join(workdir, name, "models", "mlp")
                 publish(model_path, base)
-                flags = opts.hotserve_tuned_flags if name == "hotserve-2w" else []
+                flags = (opts.hotserve_tuned_flags if name == "hotserve-2w"
+                         else opts.hotserve_src_flags.split() if name in (extra_src or {}) else [])
                 srv = servers.start_hotserve(base, os.path.join(workdir, name), opts.hotserve_apis,
                                              flags, name=name, src=(extra_src or {}).get(name))
             elif name == "lean":

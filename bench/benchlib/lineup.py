@@ -47,7 +47,9 @@ def describe(name: str, meta: dict, processes: int | None = None) -> str:
         flags = " ".join(meta.get("hotserve_tuned_flags", TUNED_FLAGS))
         return f"hotserve {commit} with explicit flags `{flags}`{procs}."
     if is_hotserve(name):
-        return f"hotserve with default flags, from another source tree ({meta.get('hotserve_src', {}).get(name, '?')}){procs}."
+        flags = meta.get("hotserve_src_flags") or ""
+        how = f"explicit flags `{flags}`" if flags else "default flags"
+        return f"hotserve with {how}, from another source tree ({meta.get('hotserve_src', {}).get(name, '?')}){procs}."
     if name == "lean":
         return (f"the lean app, issue 10's reference: bench/peers/lean_app.py under `uvicorn --workers "
                 f"{meta.get('lean_workers', 2)} --loop uvloop --http httptools --no-access-log`; one `async def` endpoint: "
