@@ -56,12 +56,12 @@ def logging_cost(opts, workdir: str, log) -> list[dict]:
             srv = start_hotserve(base, os.path.join(workdir, f"srv-{rnd}-{len(rows[name])}"), ["tfs-json"], flags)
             try:
                 run_wrk(srv.url, payload, opts.concurrency, 1.0, threads=1, client_cpus=opts.client_cpus, workdir=workdir)
-                cpu0 = procs.cpu_seconds([srv.pid])
+                cpu0 = procs.cpu_seconds(procs.tree_pids(srv.pid))
                 r = run_wrk(srv.url, payload, opts.concurrency, opts.seconds, threads=1, client_cpus=opts.client_cpus,
                             workdir=workdir)
                 # Server CPU per answered request: what logging adds, less at the mercy of other
                 # load on the machine than requests/s.
-                r["cpu_us"] = (procs.cpu_seconds([srv.pid]) - cpu0) / max(1, r["ok"]) * 1e6
+                r["cpu_us"] = (procs.cpu_seconds(procs.tree_pids(srv.pid)) - cpu0) / max(1, r["ok"]) * 1e6
                 if "on" in name:
                     import urllib.request
 
