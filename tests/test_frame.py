@@ -203,3 +203,15 @@ def test_inline_weight_counts_raw_tensor_bytes_a_quarter():
     assert _weight(req(body, (b"inference-header-content-length", b"x"))) == len(body)  # prepare() answers the 400
     assert _weight(req(body, (b"inference-header-content-length", str(len(json_part)).encode()),
                        (b"content-encoding", b"gzip"))) == len(body)
+
+
+def test_made_request_ids_are_unique_and_in_time_order():
+    """Ids the server makes are 32 hex digits, unique, and sorted by time, so the prediction
+    log's join index grows at its end."""
+    from hotserve.server.frame import new_request_id
+
+    ids = [new_request_id() for _ in range(2000)]
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert len(set(ids)) == len(ids)
+    stamps = [i[:16] for i in ids]
+    assert stamps == sorted(stamps)

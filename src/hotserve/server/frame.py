@@ -56,6 +56,14 @@ class Call:
     trace_parent: Any = None  # the caller's trace context (only when tracing is on)
 
 
+def new_request_id() -> str:
+    """32 hex digits: the time in ns, then 64 random bits. Unique, not secret, no syscall; ids
+    made in time order land at the end of the prediction log's join index instead of all over
+    it (an insert there cost 28 -> 47 us per record from 50k to 200k rows with random ids, a
+    flat ~30 us in time order)."""
+    return f"{time.time_ns():016x}{random.getrandbits(64):016x}"
+
+
 @dataclass
 class Done(Generic[R]):
     value: R | None
@@ -143,7 +151,7 @@ class RequestFrame:
         try:
             prepared = prepare()
             if call.request_id is None and self.wants_id is not None and self.wants_id(call.model):
-                call.request_id = f"{random.getrandbits(128):032x}"  # unique, not secret: no syscall
+                call.request_id = new_request_id()
             lv = self.manager.acquire(call.model, call.version, call.label, call.key)
         except Exception as exc:
             err = _as_error(exc, None)
