@@ -11,7 +11,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hotserve import dtypes
@@ -22,7 +22,10 @@ from hotserve.protos.tensorflow.core.framework import types_pb2
 from hotserve.protos.tensorflow_serving.apis import input_pb2, predict_pb2
 from hotserve.runtimes.base import Signature, TensorSpec
 
-FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: the same examples on every run, so the suite cannot pass or fail by the draw; a
+# case a random search once found is pinned below with @example.
+FUZZ = settings(max_examples=100, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow])
 # Headroom over the request's own size for the decoder's arrays and Python objects.
 ALLOWED_PEAK = 32 << 20
 
@@ -156,6 +159,8 @@ def test_v2_grpc(shape, datatype, raw, n):
 
 @FUZZ
 @given(doc=json_values)
+@example(doc=[{"x": 2**63}])  # beyond int64: was a 500 (protobuf's ValueError), found by a CI run
+@example(doc=[{"x": [-(2**63) - 1]}])
 def test_tf_example_json(doc):
     body = {"examples": doc} if not isinstance(doc, dict) else doc
     _decodes_or_refuses(tf_examples.json_examples, body)

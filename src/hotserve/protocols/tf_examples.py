@@ -76,12 +76,18 @@ def regression_result(outputs: dict[str, np.ndarray], n: int) -> regression_pb2.
     return result
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _feature(name: str, value: Any, feature: example_pb2.Feature) -> None:
     values = value if isinstance(value, list) else [value]
     if not values:
         raise InvalidArgument(f"feature {name!r} is an empty list")
     kinds = {type(v) for v in values}
     if kinds <= {int}:
+        for v in values:
+            if not _INT64_MIN <= v <= _INT64_MAX:
+                raise InvalidArgument(f"feature {name!r}: {v} does not fit an int64_list (a signed 64-bit integer)")
         feature.int64_list.value.extend(values)
     elif kinds <= {int, float}:
         feature.float_list.value.extend(float(v) for v in values)
