@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hotserve import dtypes
-from hotserve.errors import Code, HotserveError
+from hotserve.errors import Code, HotserveError, InvalidArgument
 from hotserve.protocols import limits, tf_examples, tfserving_grpc, tfserving_rest, v2, v2_grpc
 from hotserve.protos.inference import grpc_service_pb2 as v2pb
 from hotserve.protos.tensorflow.core.framework import types_pb2
@@ -196,3 +196,15 @@ def test_decompress_bounds_the_output(encoding, monkeypatch):
     assert isinstance(_decodes_or_refuses(limits.decompress, big, encoding), limits.TooLarge)
     with pytest.raises(HotserveError, match="truncated"):
         limits.decompress(small[:-6], encoding)
+
+
+@pytest.mark.parametrize("tf_type,value", [("DT_INT64", 2**63), ("DT_INT32", 2**31), ("DT_INT32", -(2**31) - 1),
+                                           ("DT_UINT8", 256), ("DT_UINT8", -1)])
+def test_tf_rest_integers_out_of_range_are_refused_not_wrapped(tf_type, value):
+    """numpy's astype wraps around silently (2**31 became -2**31 for an int32 input)."""
+    sig = Signature(inputs={"a": TensorSpec("a", dtypes.BY_TF_NAME[tf_type], (-1,))}, outputs={})
+    with pytest.raises(InvalidArgument, match="outside"):
+        tfserving_rest.decode_predict({"instances": [value]}, sig)
+    with pytest.raises(InvalidArgument):  # numpy reads [1, 2**63] as floats: refused as such
+        tfserving_rest.decode_predict({"inputs": {"a": [1, value]}}, sig)
+    assert tfserving_rest.decode_predict({"instances": [1, 2]}, sig)[0]["a"].tolist() == [1, 2]

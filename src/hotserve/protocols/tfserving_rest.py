@@ -92,6 +92,13 @@ def _to_array(values: Any, spec: TensorSpec, where: str) -> np.ndarray:
             arr = np.asarray(values)
             if arr.dtype.kind not in "iub":
                 raise TypeError(f"got {_kind_name(arr.dtype)}")
+            if arr.dtype != want and arr.dtype.kind != "b" and arr.size:
+                # astype wraps around silently: refuse what the input's type cannot hold.
+                info = np.iinfo(want)
+                lo, hi = arr.min(), arr.max()
+                if lo < info.min or hi > info.max:
+                    bad = lo if lo < info.min else hi
+                    raise OverflowError(f"{bad} is outside {spec.dtype.tf_name}'s range [{info.min}, {info.max}]")
             return arr.astype(want, copy=False)
         return np.asarray(values, dtype=want)
     except ValueError as exc:
