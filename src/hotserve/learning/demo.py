@@ -302,7 +302,7 @@ def run(duration: float = 60.0, drift_at: float | None = None, rate: float = 40.
                os.path.join(workdir, "models", ON), "--learning_dir", learning_dir, "--trainer", TRAINER,
                "--trainer_option", f"module={MODULE}", "--trainer_option", "lr=0.02",
                "--every_examples", "400", "--every_seconds", "0.5", "--max_metric_drop", "0.01",
-               "--holdout_every", "10", "--holdout_size", "1000", "--min_holdout", "100",
+               "--holdout_every", "10", "--holdout_size", "400", "--min_holdout", "100",
                "--keep_versions", "0",  # the report reads every learned version's lineage
                *(learner_args or [])]
         learner = subprocess.Popen(cmd, stdout=learner_log, stderr=subprocess.STDOUT)
