@@ -87,8 +87,7 @@ def bench_frame(n: int, repeats: int) -> dict:
         models: dict = {}
 
         def acquire(self, model, version, label, key):
-            lv.try_acquire()
-            return lv
+            return lv.try_acquire()  # a Bound (version + revision), released by the frame
 
     frame = RequestFrame(_Manager(), executor=None)  # type: ignore[arg-type]
     call = Call("mlp")
