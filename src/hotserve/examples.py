@@ -7,15 +7,16 @@ from typing import Sequence
 
 import numpy as np
 
-_OPSET = 17
+OPSET = 17
 _IR_VERSION = 8  # readable by every onnxruntime release of the last years
 
 
-def _save(graph, path: str) -> str:
+def save_graph(graph, path: str) -> str:
+    """Write an ONNX graph as a model at hotserve's opset and IR version, checked."""
     import onnx
     from onnx import helper
 
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)], producer_name="hotserve")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="hotserve")
     model.ir_version = _IR_VERSION
     onnx.checker.check_model(model)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -46,7 +47,7 @@ def make_mlp(path: str, sizes: Sequence[int] = (784, 256, 256, 10), seed: int = 
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", sizes[-1]])],
         initializer=inits,
     )
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 def make_affine(path: str, offset: float, dim: int = 4, scale: float = 1.0) -> str:
@@ -67,7 +68,7 @@ def make_affine(path: str, offset: float, dim: int = 4, scale: float = 1.0) -> s
             numpy_helper.from_array(np.array(offset, dtype=np.float32), "offset"),
         ],
     )
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 def make_two_io(path: str, offset: float = 0.0) -> str:
@@ -94,7 +95,7 @@ def make_two_io(path: str, offset: float = 0.0) -> str:
             numpy_helper.from_array(np.array(2, dtype=np.int64), "two"),
         ],
     )
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 def make_affine_savedmodel(path: str, offset: float, dim: int = 4) -> str:
@@ -141,4 +142,4 @@ def make_embedding_model(path: str, rows: int = 1000, dim: int = 8, dense: int =
         initializer=[numpy_helper.from_array(table, "item_embedding"), numpy_helper.from_array(w, "head.weight"),
                      numpy_helper.from_array(b, "head.bias")],
     )
-    return _save(graph, path)
+    return save_graph(graph, path)

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_OPSET = 17
-_IR_VERSION = 8
+from hotserve.examples import OPSET, save_graph
 
 
 @dataclass
@@ -61,12 +60,12 @@ def train_mlp(split: Split, hidden: tuple[int, ...] = (512, 512), epochs: int = 
         if i < len(sizes) - 2:
             layers.append(torch.nn.ReLU())
     model = torch.nn.Sequential(*layers)
-    train_classifier(model, split.x_train, split.y_train, epochs, lr=lr, seed=seed)
+    _train(model, split.x_train, split.y_train, epochs, lr, 64, seed, torch.nn.functional.cross_entropy)
     return model.eval()
 
 
-def train_classifier(model, x: np.ndarray, y: np.ndarray, epochs: int, lr: float = 1e-3, batch: int = 64,
-                     seed: int = 0) -> None:
+def _train(model, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, batch: int, seed: int, loss_fn) -> None:
+    """Adam over shuffled mini-batches (the order drawn from `seed`), then eval mode."""
     import torch
 
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -77,7 +76,7 @@ def train_classifier(model, x: np.ndarray, y: np.ndarray, epochs: int, lr: float
         order = torch.from_numpy(rng.permutation(len(y)))
         for s in range(0, len(y), batch):
             idx = order[s:s + batch]
-            loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+            loss = loss_fn(model(xt[idx]), yt[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -87,7 +86,6 @@ def train_classifier(model, x: np.ndarray, y: np.ndarray, epochs: int, lr: float
 def export_mlp(model, path: str, input_name: str = "x", output_name: str = "probabilities") -> str:
     """Write an nn.Sequential of Linear and ReLU as ONNX: Gemm (transB=1) and Relu nodes, then
     Softmax, so the output is class probabilities. Input [batch, features] float32."""
-    import onnx
     import torch
     from onnx import TensorProto, helper, numpy_helper
 
@@ -111,12 +109,7 @@ def export_mlp(model, path: str, input_name: str = "x", output_name: str = "prob
     nodes.append(helper.make_node("Softmax", [prev], [output_name], axis=-1))
     graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", n_in])],
                               [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", n_out])], inits)
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)], producer_name="hotserve")
-    m.ir_version = _IR_VERSION
-    onnx.checker.check_model(m)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    onnx.save(m, path)
-    return path
+    return save_graph(graph, path)
 
 
 # -- transformer-style encoder on a sequence task ------------------------------------------------
@@ -187,23 +180,12 @@ def make_encoder(vocab: int = 16, length: int = 32, d_model: int = 64, heads: in
 
 def train_encoder(model, tokens: np.ndarray, labels: np.ndarray, epochs: int = 3, lr: float = 1e-3,
                   batch: int = 64, seed: int = 0) -> None:
+    """Train the encoder, whose output is probabilities (negative log-likelihood)."""
     import torch
 
     torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    xt, yt = torch.from_numpy(tokens), torch.from_numpy(labels)
-    rng = np.random.default_rng(seed)
-    model.train()
-    for _ in range(epochs):
-        order = torch.from_numpy(rng.permutation(len(labels)))
-        for s in range(0, len(labels), batch):
-            idx = order[s:s + batch]
-            p = model(xt[idx])
-            loss = torch.nn.functional.nll_loss(torch.log(p.clamp_min(1e-7)), yt[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
+    _train(model, tokens, labels, epochs, lr, batch, seed,
+           lambda p, y: torch.nn.functional.nll_loss(torch.log(p.clamp_min(1e-7)), y))
 
 
 def export_encoder(model, path: str, length: int) -> str:
@@ -219,5 +201,5 @@ def export_encoder(model, path: str, length: int) -> str:
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
         torch.onnx.export(model, (example,), path, input_names=["tokens"], output_names=["probabilities"],
                           dynamic_axes={"tokens": {0: "batch"}, "probabilities": {0: "batch"}},
-                          opset_version=_OPSET, dynamo=False)
+                          opset_version=OPSET, dynamo=False)
     return path
