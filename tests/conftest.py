@@ -221,3 +221,25 @@ class LoadClients:
     def wait_requests(self, n: int, timeout: float = 20.0) -> None:
         start = self.count
         wait_for(lambda: self.count - start >= n, timeout, f"{n} more successful requests")
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    """A moto S3 server process for the module (tests/moto_server.py), stopped after it."""
+    pytest.importorskip("moto")
+    from moto_server import MotoServer
+
+    server = MotoServer(str(tmp_path_factory.mktemp("moto") / "moto.log")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    """redis:// URL of a redis-server process for the module (tests/redis_server.py), stopped after it."""
+    pytest.importorskip("redis")
+    from redis_server import RedisServer
+
+    server = RedisServer(str(tmp_path_factory.mktemp("redis"))).start()
+    yield server.url
+    server.stop()

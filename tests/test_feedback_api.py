@@ -20,16 +20,6 @@ from hotserve.learning.stores import open_store
 X = [[1.0, 2.0, 3.0, 4.0]]
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    pytest.importorskip("redis")
-    from redis_server import RedisServer
-
-    server = RedisServer(str(tmp_path_factory.mktemp("redis"))).start()
-    yield server.url
-    server.stop()
-
-
 def _store_flags(kind: str, tmp_path, request) -> tuple[list[str], str]:
     if kind == "sqlite":
         return ["--learning_dir", str(tmp_path / "learn")], str(tmp_path / "learn")

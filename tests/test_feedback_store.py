@@ -13,16 +13,6 @@ from hotserve.learning.store import (Label, NewExample, Prediction, Retention, p
                                      watermark_key)
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    pytest.importorskip("redis")
-    from redis_server import RedisServer
-
-    server = RedisServer(str(tmp_path_factory.mktemp("redis"))).start()
-    yield server.url
-    server.stop()
-
-
 @pytest.fixture(params=["sqlite", "redis"])
 def make_store(request, tmp_path):
     """make_store(retention) -> a fresh store of the parametrized kind (its own keys/file)."""

@@ -73,6 +73,18 @@ def _grpc(server, method: str, request, response_cls):
 
 
 # -- a hung model ------------------------------------------------------------------------------
+
+def _predict_1x4(model: str) -> predict_pb2.PredictRequest:
+    """A TF Serving Predict of x = [[1, 2, 3, 4]] (float_val) to `model`."""
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = model
+    x = req.inputs["x"]
+    x.dtype = types_pb2.DT_FLOAT
+    x.tensor_shape.dim.add().size = 1
+    x.tensor_shape.dim.add().size = 4
+    x.float_val.extend([1, 2, 3, 4])
+    return req
+
 def test_a_hung_model_starves_no_other_model(tmp_path, start_server):
     gate = tmp_path / "release"
     hung = _python_model(tmp_path / "b" / "hung", f"""
@@ -104,13 +116,7 @@ def test_a_hung_model_starves_no_other_model(tmp_path, start_server):
         for _ in range(20):
             r = c.post(server.url + "/v1/models/fine:predict", json=X)
             assert r.status_code == 200 and r.json()["predictions"] == [[2.0, 3.0, 4.0, 5.0]]
-    req = predict_pb2.PredictRequest()
-    req.model_spec.name = "fine"
-    x = req.inputs["x"]
-    x.dtype = types_pb2.DT_FLOAT
-    x.tensor_shape.dim.add().size = 1
-    x.tensor_shape.dim.add().size = 4
-    x.float_val.extend([1, 2, 3, 4])
+    req = _predict_1x4("fine")
     resp = _grpc(server, "/tensorflow.serving.PredictionService/Predict", req, predict_pb2.PredictResponse)
     assert resp.model_spec.version.value == 1
     for t in threads:
@@ -434,13 +440,7 @@ def test_a_models_own_value_error_is_a_500_naming_the_version(tmp_path, start_se
     r = httpx.post(server.url + "/v1/models/m:predict", json=X, timeout=10)
     assert r.status_code == 500 and r.headers["x-model-version"] == "1"
     assert "ValueError: this model is broken" in r.json()["error"]
-    req = predict_pb2.PredictRequest()
-    req.model_spec.name = "m"
-    t = req.inputs["x"]
-    t.dtype = types_pb2.DT_FLOAT
-    t.tensor_shape.dim.add().size = 1
-    t.tensor_shape.dim.add().size = 4
-    t.float_val.extend([1, 2, 3, 4])
+    req = _predict_1x4("m")
     channel = grpc.insecure_channel(server.grpc_target)
     try:
         predict = channel.unary_unary("/tensorflow.serving.PredictionService/Predict",

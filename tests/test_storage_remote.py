@@ -51,15 +51,6 @@ def test_unknown_scheme_and_missing_extra_say_what_to_do():
 
 
 # -- the cache, against the S3 server -------------------------------------------------------
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    from moto_server import MotoServer
-
-    server = MotoServer(str(tmp_path_factory.mktemp("moto") / "moto.log")).start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def bucket(moto, monkeypatch):
     for k, v in {**ENV, "AWS_ENDPOINT_URL": moto.endpoint, "AWS_EC2_METADATA_DISABLED": "true"}.items():

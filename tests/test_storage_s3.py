@@ -34,13 +34,6 @@ pytest.importorskip("moto")
 MiB = 1 << 20
 
 
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    server = MotoServer(str(tmp_path_factory.mktemp("moto") / "moto.log")).start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def s3(moto, monkeypatch, tmp_path):
     """A fresh bucket; the environment (this process and the servers it starts) points at moto."""
