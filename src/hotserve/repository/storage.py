@@ -21,6 +21,7 @@ put, delete), which a server points at hotserve_storage_requests_total so the bi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import shutil
@@ -114,6 +115,12 @@ class Storage(Protocol):
         multipart uploads): a hand copy is not settled while one is running."""
 
 
+def _discard(path: str) -> None:
+    """Remove a temporary file this module made, if it is still there."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
 def _durable_temp(directory: str, data: bytes) -> str:
     """A fsynced temporary file in `directory` holding `data`, with the mode a plain open() would
     give (mkstemp's 0600 would hide manifests and deltas from a server running as another user)."""
@@ -125,10 +132,7 @@ def _durable_temp(directory: str, data: bytes) -> str:
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _discard(tmp)
         raise
     return tmp
 
@@ -217,10 +221,7 @@ class LocalStorage:
         try:
             os.replace(tmp, path)
         except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            _discard(tmp)
             raise
         _fsync(directory)
 
@@ -233,10 +234,7 @@ class LocalStorage:
             except FileExistsError:
                 return False
         finally:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            _discard(tmp)
         _fsync(directory)
         return True
 
