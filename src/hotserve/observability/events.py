@@ -22,6 +22,8 @@ from collections import deque
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, ClassVar, Iterable
 
+from hotserve.observability.subscribers import Subscribers
+
 log = logging.getLogger("hotserve.events")
 
 
@@ -73,31 +75,20 @@ class EventBus:
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self._records: deque[Record] = deque(maxlen=capacity)
-        self._subscribers: tuple[Subscriber, ...] = ()
+        self._subscribers = Subscribers()
 
     def publish(self, event: Event) -> Record:
         with self._cv:
             record = Record(next(self._seq), time.time(), event)
             self._records.append(record)
-            subscribers = self._subscribers
+            subscribers = self._subscribers.snapshot()  # those subscribed before this record, as since() sees it
             self._cv.notify_all()
-        for fn in subscribers:
-            try:
-                fn(record)
-            except Exception:
-                log.exception("event subscriber %r failed on %s", fn, event.kind)
+        self._subscribers.call(record, event.kind, subscribers)
         return record
 
     def subscribe(self, fn: Subscriber) -> Callable[[], None]:
         """Call fn for every later event; returns a function that unsubscribes."""
-        with self._lock:
-            self._subscribers = (*self._subscribers, fn)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                self._subscribers = tuple(s for s in self._subscribers if s is not fn)
-
-        return unsubscribe
+        return self._subscribers.add(fn)
 
     @property
     def last_seq(self) -> int:

@@ -18,6 +18,8 @@ import time
 from collections import deque
 from typing import Any, Callable
 
+from hotserve.observability.subscribers import Subscribers
+
 log = logging.getLogger("hotserve.live")
 
 # Log-histogram resolution: bucket i holds latencies in [GROWTH^i, GROWTH^(i+1)) microseconds.
@@ -126,8 +128,7 @@ class Ticker:
 
     def __init__(self, extras: Callable[[], dict[str, Any]] | None = None) -> None:
         self.history: deque[Tick] = deque(maxlen=HISTORY_SECONDS)
-        self._subscribers: tuple[Callable[[Tick], None], ...] = ()
-        self._lock = threading.Lock()
+        self._subscribers = Subscribers()
         self.extras = extras
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -142,14 +143,7 @@ class Ticker:
         self._stop.set()
 
     def subscribe(self, fn: Callable[[Tick], None]) -> Callable[[], None]:
-        with self._lock:
-            self._subscribers = (*self._subscribers, fn)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                self._subscribers = tuple(s for s in self._subscribers if s is not fn)
-
-        return unsubscribe
+        return self._subscribers.add(fn)
 
     def _run(self) -> None:
         second = int(time.time())
@@ -169,11 +163,7 @@ class Ticker:
         if self.extras is not None:
             tick.update(self.extras())
         self.history.append(tick)
-        for fn in self._subscribers:
-            try:
-                fn(tick)
-            except Exception:
-                log.exception("live tick subscriber %r failed", fn)
+        self._subscribers.call(tick, f"live tick {second}")
 
 
 TICKER = Ticker()
