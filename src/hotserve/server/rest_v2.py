@@ -61,10 +61,13 @@ class V2Routes:
                 return _json(200, {})
         raise NotFound(f"no such V2 endpoint: {method} {path}")
 
-    def model_call(self, name: str, target: tuple[int | None, str | None], request: Request):
-        """(Call, prepare, execute) of an infer request, for the frame."""
+    def model_call(self, name: str, target: tuple[int | None, str | None], request: Request,
+                   weight: int | None = None):
+        """(Call, prepare, execute) of an infer request, for the frame (`weight`: _weight(request),
+        when the caller has it already)."""
         body = request.body
-        call = Call(name, *target, request.header(KEY_HEADER), "infer", "REST", _weight(request), request.header(ID_HEADER))
+        call = Call(name, *target, request.header(KEY_HEADER), "infer", "REST",
+                    _weight(request) if weight is None else weight, request.header(ID_HEADER))
         prepare, execute = self._infer(name, body, request.header(v2.BINARY_HEADER),
                                        request.header(b"content-encoding"), call)
         return call, prepare, execute
@@ -73,9 +76,10 @@ class V2Routes:
         """A `POST /v2/models/<name>/infer` answered right here on the event loop when the model
         runs inline; None otherwise."""
         mm = self.manager.models.get(name)
-        if mm is None or not mm.runs_inline(_weight(request)):
+        weight = _weight(request)
+        if mm is None or not mm.runs_inline(weight):
             return None
-        call, prepare, execute = self.model_call(name, (None, None), request)
+        call, prepare, execute = self.model_call(name, (None, None), request, weight)
         return reply_of(self.ctx.frame.run_sync(call, prepare, execute))
 
     @staticmethod
