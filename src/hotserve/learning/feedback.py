@@ -111,6 +111,17 @@ def _weight(item: dict, where: str) -> float:
     return float(w)
 
 
+def _check_item(item: Any, where: str, keys: set[str], required: str, allowed: str) -> None:
+    """One entry of "feedback" or "examples": an object, no unknown key, a label."""
+    if not isinstance(item, dict):
+        raise InvalidArgument(f"{where} must be an object with {required}")
+    extra = sorted(set(item) - keys)
+    if extra:
+        raise InvalidArgument(f"{where}: unknown key(s) {extra}; expected {allowed}")
+    if "label" not in item:
+        raise InvalidArgument(f"{where}: missing 'label'")
+
+
 def _list(doc: dict, key: str) -> list:
     items = doc.get(key, [])
     if not isinstance(items, list):
@@ -133,16 +144,10 @@ def parse(body: bytes, sig: Signature, max_items: int = MAX_ITEMS) -> Parsed:
     labels = []
     for i, item in enumerate(feedback):
         where = f"feedback[{i}]"
-        if not isinstance(item, dict):
-            raise InvalidArgument(f"{where} must be an object with request_id and label")
-        extra = sorted(set(item) - _ITEM_KEYS)
-        if extra:
-            raise InvalidArgument(f"{where}: unknown key(s) {extra}; expected request_id, label, weight, row")
+        _check_item(item, where, _ITEM_KEYS, "request_id and label", "request_id, label, weight, row")
         rid = item.get("request_id")
         if not isinstance(rid, str) or not rid:
             raise InvalidArgument(f"{where}.request_id must be a non-empty string (the id the prediction answered with)")
-        if "label" not in item:
-            raise InvalidArgument(f"{where}: missing 'label'")
         row = item.get("row", 0)
         if not isinstance(row, int) or isinstance(row, bool) or row < 0:
             raise InvalidArgument(f"{where}.row must be a non-negative integer, got {row!r}")
@@ -150,11 +155,7 @@ def parse(body: bytes, sig: Signature, max_items: int = MAX_ITEMS) -> Parsed:
     news = []
     for i, item in enumerate(examples):
         where = f"examples[{i}]"
-        if not isinstance(item, dict):
-            raise InvalidArgument(f"{where} must be an object with inputs and label")
-        extra = sorted(set(item) - _EXAMPLE_KEYS)
-        if extra:
-            raise InvalidArgument(f"{where}: unknown key(s) {extra}; expected inputs, label, weight")
+        _check_item(item, where, _EXAMPLE_KEYS, "inputs and label", "inputs, label, weight")
         inputs = item.get("inputs")
         if not isinstance(inputs, dict):
             raise InvalidArgument(f"{where}.inputs must be an object mapping each model input to one row")
@@ -163,8 +164,6 @@ def parse(body: bytes, sig: Signature, max_items: int = MAX_ITEMS) -> Parsed:
         if missing or wrong:
             raise InvalidArgument(f"{where}.inputs: the model takes {sorted(sig.inputs)}"
                                   + (f"; missing {missing}" if missing else "") + (f"; unknown {wrong}" if wrong else ""))
-        if "label" not in item:
-            raise InvalidArgument(f"{where}: missing 'label'")
         row = {k: _tensor(v, sig.inputs[k], f"{where}.inputs.{k}") for k, v in inputs.items()}
         news.append(NewExample(row, _label(item["label"], sig, where), _weight(item, where)))
     return Parsed(labels, news)
