@@ -4,7 +4,7 @@ the request frame, decode, inference and encode, measured in process on one core
 bare minimum a hand-written app does for the same request (orjson.loads, np.asarray,
 session.run, orjson.dumps of .tolist()) on the same session settings.
 
-    python bench/request_path.py [--seconds 3] [--profile] [--batch 32]
+    python bench/request_path.py [--seconds 3] [--profile] [--batch 32] [--prediction-log]
 
 It prints microseconds per request for each stage and the overhead ratio. `--profile` runs
 cProfile over the hotserve path and prints the top functions (cumulative). Single-threaded and
@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--profile", action="store_true")
     p.add_argument("--batch", type=int, default=1, help="rows per request (default 1)")
+    p.add_argument("--prediction-log", dest="prediction_log", action="store_true",
+                   help="log every request (a SQLite feedback store in a temporary --learning_dir, sampling rate 1.0)")
     args = p.parse_args(argv)
 
     import onnxruntime as ort
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         sess.run(None, {name: np.asarray(x, dtype=np.float32)})
 
     mopts = ManagerOptions(runtime=RuntimeOptions(1, 1), inline_max_us=300.0, use_inotify=False)
-    manager = Manager([ModelConfig("mlp", base)], mopts, decoder=tfserving_rest)
+    rate = 1.0 if args.prediction_log else 0.0
+    manager = Manager([ModelConfig("mlp", base, logging_sampling_rate=rate)], mopts, decoder=tfserving_rest)
     manager.start()
     deadline = time.monotonic() + 30
     while not manager.ready() and time.monotonic() < deadline:
@@ -89,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     mm = manager.models["mlp"]
     ctx = build_context(manager, ThreadPoolExecutor(2))
     app = RestApp(ctx)
+    learning = None
+    if args.prediction_log:
+        from hotserve.learning.service import LearningService
+        from hotserve.learning.stores import open_store
+
+        learning = LearningService(manager, open_store(os.path.join(work, "learning"))).start()
+        ctx.frame.observers.append(learning.log)
+        ctx.frame.wants_id = learning.log.wants_id
 
     class _Transport:
         def __init__(self) -> None:
@@ -173,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             hotserve_http()
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    if learning is not None:
+        learning.stop()
     manager.stop()
     return 0
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hotserve.learning.stores import open_store
-from hotserve.learning.store import (Label, NewExample, Prediction, Retention, parse_retention,
+from hotserve.learning.store import (Label, NewExample, PredictionBatch, Retention, parse_retention,
                                      watermark_key)
 
 
@@ -35,9 +35,10 @@ def make_store(request, tmp_path):
         s.close()
 
 
-def _pred(rid: str, x: float, t: float, model: str = "m", version: int = 1) -> Prediction:
-    return Prediction(rid, model, version, t, {"x": np.array([[x, x + 1]], np.float32)},
-                      {"p": np.array([[0.5]], np.float32)})
+def _pred(rid: str, x: float, t: float, model: str = "m", version: int = 1) -> PredictionBatch:
+    """One logged request of batch 1 (a batch of one staged request)."""
+    return PredictionBatch(model, version, [rid], [t], {"x": [np.array([[x, x + 1]], np.float32)]},
+                           {"p": [np.array([[0.5]], np.float32)]})
 
 
 def _label(rid: str, y: float, row: int = 0) -> Label:
@@ -146,3 +147,55 @@ def test_parse_retention():
         parse_retention("30m", label_window="1h")
     with pytest.raises(ValueError, match="duration"):
         parse_retention("7 days")
+
+
+def test_a_batch_of_requests_joins_row_by_row(make_store):
+    """Requests logged together (one group: a stacked tensor per name) join one by one, each
+    to its own rows."""
+    store = make_store()
+    now = time.time()
+    xs = [np.arange(4, dtype=np.float32).reshape(2, 2) + 10 * k for k in range(3)]  # 3 requests, 2 rows each
+    store.log_predictions([PredictionBatch("m", 2, ["r0", "r1", "r2"], [now] * 3, {"x": xs},
+                                           {"p": [np.full((2, 1), k, np.float32) for k in range(3)]})])
+    res = store.add_feedback("m", [_label("r2", 1.0, row=1), _label("r0", 0.0, row=0)], [], now)
+    assert res.accepted == 2 and res.unknown_request_ids == []
+    got = {e.request_id: e for e in store.examples_after("m", None, 10)}
+    np.testing.assert_array_equal(got["r2"].inputs["x"], xs[2][1])
+    np.testing.assert_array_equal(got["r0"].inputs["x"], xs[0][0])
+    assert got["r2"].version == 2
+
+
+def test_sqlite_segments_go_with_the_label_window(tmp_path):
+    """The SQLite store keeps logged tensors in segment files: retention removes a whole file
+    once everything in it is past the label window, and a label for it is then unknown."""
+    import os
+
+    store = open_store(str(tmp_path / "learning"), Retention(label_window_seconds=60))
+    try:
+        now = time.time()
+        store.log_predictions([_pred("a", 1.0, now - 120)])
+        (seg,) = os.listdir(store.segments.directory)
+        path = os.path.join(store.segments.directory, seg)
+        os.utime(path, (now - 120, now - 120))
+        store.segments.close()  # a writer that rotated away from it (they do within the window)
+        assert store.prune(now)["predictions"] == 1
+        assert os.listdir(store.segments.directory) == []
+        assert store.add_feedback("m", [_label("a", 1.0)], [], now).unknown_request_ids == ["a"]
+    finally:
+        store.close()
+
+
+def test_sqlite_index_writer_is_started_again_after_it_died(tmp_path):
+    store = open_store(str(tmp_path / "learning"))
+    try:
+        now = time.time()
+        store.log_predictions([_pred("a", 1.0, now)])
+        first = store.index._proc
+        first.kill()
+        first.wait()
+        store.log_predictions([_pred("b", 2.0, now)])  # a new child writes it
+        assert store.index._proc is not first
+        res = store.add_feedback("m", [_label("a", 1.0), _label("b", 0.0)], [], now)
+        assert res.accepted == 2 and res.unknown_request_ids == []
+    finally:
+        store.close()

@@ -1,11 +1,15 @@
-"""The prediction log: a request-frame observer that queues {id, model, version, time, inputs,
-outputs} for models with logging on, and a writer thread that drains the queue into the
+"""The prediction log: a request-frame observer that stages {id, model, version, time, inputs,
+outputs} for models with logging on, and a writer thread that hands the staged requests to the
 feedback store in batches.
 
-The request path only samples, builds one small record (references to the arrays it already
-has; encoding happens in the writer) and appends it to a deque: no lock, no wake-up. The
-writer wakes every 20 ms (or when a feedback call flushes) and writes everything queued in a
-few transactions. When the queue is full the record is dropped and counted
+The request path adds references to the request's arrays to the open group of its model version
+and layout (same tensor names, shapes and types) under a lock: no copy, no encoding, no wake-up.
+The writer wakes every 100 ms (at once when a feedback call flushes), takes every group and hands
+them to the store, which writes each group's arrays back to back as stacked tensors: what the
+writer does per request is nothing. That matters because any Python the writer runs competes
+with the request threads for the GIL: an earlier writer that encoded and inserted a record at a
+time cost a quarter of the request's own CPU (bench/learning.py). When `capacity` requests are
+staged, further ones are dropped and counted
 (`hotserve_prediction_log_records_total{outcome="dropped"}`), never the request, and never a wait.
 """
 
@@ -15,16 +19,58 @@ import logging
 import random
 import threading
 import time
-from collections import deque
 from typing import Any, Callable
 
-from hotserve.learning.store import FeedbackStore, Prediction
+import numpy as np
+
+from hotserve.learning.store import FeedbackStore, PredictionBatch
 from hotserve.observability import metrics
 
 log = logging.getLogger("hotserve.learning")
 
-_LINGER = 0.02  # the writer wakes this often: batches of many records, no wake-up per request
-_CHUNK = 2000  # records per store transaction
+_LINGER = 0.1  # the writer wakes this often (a feedback call wakes it at once): few, large batches
+_MAX_STAGE_ROWS = 1000  # requests per group (its arrays go to one writev of at most ~1024 buffers)
+_MAX_OPEN = 64  # layouts staged at once (variable-shape models); the oldest is sealed beyond
+
+
+def _layout(tensors: dict) -> tuple:
+    return tuple([(name, arr.shape, arr.dtype) for name, arr in tensors.items()])
+
+
+class _Staging:
+    """Requests of one model version and layout (see PredictionBatch): references to their
+    arrays, no copy; the store writes each array where the stacked tensor wants it."""
+
+    __slots__ = ("model", "version", "inputs", "outputs", "ids", "times")
+
+    def __init__(self, model: str, version: int, inputs: dict, outputs: dict) -> None:
+        self.model, self.version = model, version
+        self.inputs: dict[str, list] = {n: [] for n in inputs}
+        self.outputs: dict[str, list] = {n: [] for n in outputs}
+        self.ids: list[str] = []
+        self.times: list[float] = []
+
+    def add(self, request_id: str, t: float, inputs: dict, outputs: dict) -> bool:
+        """Keep one request; True when the group is full."""
+        for n, a in inputs.items():
+            self.inputs[n].append(a)
+        for n, a in outputs.items():
+            self.outputs[n].append(a)
+        self.ids.append(request_id)
+        self.times.append(t)
+        return len(self.ids) >= _MAX_STAGE_ROWS
+
+    def batch(self) -> PredictionBatch:
+        return PredictionBatch(self.model, self.version, self.ids, self.times, self.inputs, self.outputs)
+
+
+def _plain(tensors: dict) -> dict:
+    """The tensors as arrays the store can write as they are: C-contiguous, native byte order
+    (the decoders and runtimes make them so; anything else is copied once)."""
+    for a in tensors.values():
+        if not (isinstance(a, np.ndarray) and a.flags.c_contiguous and a.dtype.isnative):
+            return {n: np.ascontiguousarray(a, np.asarray(a).dtype.newbyteorder("=")) for n, a in tensors.items()}
+    return tensors
 
 
 class PredictionLog:
@@ -32,8 +78,10 @@ class PredictionLog:
         self.store = store
         self.rate_of = rate_of  # model -> sampling rate (0: off); read per request, so config reloads apply
         self.capacity = capacity
-        # deque.append and len are atomic: the request path takes no lock and wakes nobody.
-        self._q: deque[Prediction] = deque()
+        self._lock = threading.Lock()  # the staging buffers: request threads and the loop add, the writer takes
+        self._open: dict[tuple, _Staging] = {}
+        self._sealed: list[_Staging] = []
+        self._pending = 0  # requests staged (the batch being written aside): what `capacity` bounds
         self._cv = threading.Condition()
         self._started = 0  # writer batches started / done: flush() waits for one started after it
         self._done = 0
@@ -55,11 +103,27 @@ class PredictionLog:
         rate = self.rate_of(call.model)
         if rate <= 0.0 or (rate < 1.0 and random.random() >= rate):
             return
-        if len(self._q) >= self.capacity:
-            metrics.PREDICTION_LOG.inc((call.model, "dropped"))
-            return
-        self._q.append(Prediction(call.request_id, call.model, lv.version, time.time(), call.inputs,
-                                  call.outputs or {}))
+        try:
+            self._stage(call.model, lv.version, call.request_id, call.inputs, call.outputs or {})
+        except Exception:  # never the request's failure: counted, and logged
+            metrics.PREDICTION_LOG.inc((call.model, "failed"))
+            log.exception("prediction log: staging a request of model %s failed; it is not logged", call.model)
+
+    def _stage(self, model: str, version: int, request_id: str, inputs: dict, outputs: dict) -> None:
+        inputs, outputs = _plain(inputs), _plain(outputs)
+        key = (model, version, _layout(inputs), _layout(outputs))
+        with self._lock:
+            if self._pending >= self.capacity:
+                metrics.PREDICTION_LOG.inc((model, "dropped"))
+                return
+            st = self._open.get(key)
+            if st is None:
+                if len(self._open) >= _MAX_OPEN:
+                    self._sealed.append(self._open.pop(next(iter(self._open))))
+                st = self._open[key] = _Staging(model, version, inputs, outputs)
+            if st.add(request_id, time.time(), inputs, outputs):
+                self._sealed.append(self._open.pop(key))
+            self._pending += 1
 
     def flush(self, timeout: float) -> bool:
         """Wait until every record queued before this call is in the store (a feedback call
@@ -77,7 +141,7 @@ class PredictionLog:
 
     @property
     def depth(self) -> int:
-        return len(self._q)
+        return self._pending
 
     def _run(self) -> None:
         while True:
@@ -86,29 +150,30 @@ class PredictionLog:
             with self._cv:
                 self._started += 1
                 mine = self._started
-            batch = []
-            while self._q:
-                batch.append(self._q.popleft())
-                if len(batch) >= _CHUNK or not self._q:
-                    self._write(batch)
-                    batch = []
-            metrics.PREDICTION_LOG_QUEUE.set((), len(self._q))
+            with self._lock:
+                taken = self._sealed + list(self._open.values())
+                self._sealed, self._open = [], {}
+                self._pending = 0
+            if taken:
+                self._write([st.batch() for st in taken])
+            metrics.PREDICTION_LOG_QUEUE.set((), self._pending)
             with self._cv:
                 self._done = mine
                 self._cv.notify_all()
             if self._stopping:
                 return
 
-    def _write(self, batch: list[Prediction]) -> None:
+    def _write(self, batches: list[PredictionBatch]) -> None:
         try:
-            self.store.log_predictions(batch)
+            self.store.log_predictions(batches)
             outcome = "logged"
         except Exception:
-            log.exception("prediction log: writing %d record(s) to %s failed; they are lost", len(batch), self.store.url)
+            log.exception("prediction log: writing %d request(s) to %s failed; they are lost",
+                          sum(map(len, batches)), self.store.url)
             outcome = "failed"
         per_model: dict[str, int] = {}
-        for rec in batch:
-            per_model[rec.model] = per_model.get(rec.model, 0) + 1
+        for b in batches:
+            per_model[b.model] = per_model.get(b.model, 0) + len(b)
         for model, n in per_model.items():
             metrics.PREDICTION_LOG.inc((model, outcome), n)
 

@@ -21,7 +21,7 @@ import logging
 from typing import Sequence
 
 from hotserve.learning import tensors
-from hotserve.learning.store import Example, FeedbackResult, Label, NewExample, Prediction, Retention, StoreStats
+from hotserve.learning.store import Example, FeedbackResult, Label, NewExample, PredictionBatch, Retention, StoreStats
 
 log = logging.getLogger("hotserve.learning")
 
@@ -57,19 +57,21 @@ class RedisStore:
         return f"hotserve:{{{model}}}:{name}"
 
     # -- writes ------------------------------------------------------------------------------
-    def log_predictions(self, records: Sequence[Prediction]) -> None:
-        if not records:
+    def log_predictions(self, batches: Sequence[PredictionBatch]) -> None:
+        if not batches:
             return
         ttl = max(1, int(self.retention.label_window_seconds) + 1)
         p = self.r.pipeline(transaction=False)
         per_model: dict[str, int] = {}
-        for rec in records:
-            key = self._k(rec.model, f"pred:{rec.request_id}")
-            p.hset(key, mapping={"v": rec.version, "t": repr(rec.time), "i": tensors.encode(rec.inputs),
-                                 "o": tensors.encode(rec.outputs)})
-            p.expire(key, ttl)
-            p.zadd(self._k(rec.model, "preds"), {rec.request_id: rec.time}, nx=True)
-            per_model[rec.model] = per_model.get(rec.model, 0) + 1
+        for b in batches:
+            for k, (rid, t) in enumerate(zip(b.request_ids, b.times)):
+                inputs, outputs = b.request(k)
+                key = self._k(b.model, f"pred:{rid}")
+                p.hset(key, mapping={"v": b.version, "t": repr(t), "i": tensors.encode(inputs),
+                                     "o": tensors.encode(outputs)})
+                p.expire(key, ttl)
+                p.zadd(self._k(b.model, "preds"), {rid: t}, nx=True)
+            per_model[b.model] = per_model.get(b.model, 0) + len(b)
         for model, n in per_model.items():
             p.hincrby(self._k(model, "counters"), "predictions_logged_total", n)
         p.execute()

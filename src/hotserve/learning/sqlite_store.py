@@ -5,12 +5,13 @@ and write at once (one writer at a time, readers never blocked). Feedback commit
 synchronous=FULL: the WAL is fsynced before add_feedback returns, so a 200 survives kill -9 and
 power loss. The prediction log's batches use synchronous=NORMAL (one fsync per checkpoint):
 a logged prediction is not a promise to anyone, and batching them is what keeps logging cheap.
-Each thread gets its own connection.
+A logged prediction's tensors go to append-only segment files beside the database
+(`predictions/`, segments.py); the database holds the index the feedback join reads. Each
+thread gets its own connection.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sqlite3
@@ -18,16 +19,26 @@ import threading
 import time
 from typing import Sequence
 
+import numpy as np
+
 from hotserve.learning import tensors
-from hotserve.learning.store import Example, FeedbackResult, Label, NewExample, Prediction, Retention, StoreStats
+from hotserve.learning.segments import SegmentFiles
+from hotserve.learning.sqlite_index import IndexWriter, bump
+from hotserve.learning.store import Example, FeedbackResult, Label, NewExample, PredictionBatch, Retention, StoreStats
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS predictions (      -- rows append in time order (rowid); blobs stay in place
-    model TEXT NOT NULL, request_id TEXT NOT NULL, version INTEGER NOT NULL, time REAL NOT NULL,
-    inputs BLOB NOT NULL, outputs BLOB NOT NULL
+DROP TABLE IF EXISTS predictions;                -- an earlier layout: tensors as blobs (segments.py says why not)
+CREATE TABLE IF NOT EXISTS prediction_chunks (  -- one per (model, version, signature) group of a writer batch
+    id INTEGER PRIMARY KEY, model TEXT NOT NULL, version INTEGER NOT NULL, t_last REAL NOT NULL,
+    segment TEXT NOT NULL, offset INTEGER NOT NULL, inputs_len INTEGER NOT NULL, outputs_len INTEGER NOT NULL,
+    first_id INTEGER NOT NULL, last_id INTEGER NOT NULL   -- its rows of prediction_ids: retention deletes the range
 );
-CREATE UNIQUE INDEX IF NOT EXISTS predictions_by_request ON predictions (model, request_id);  -- the join
-CREATE INDEX IF NOT EXISTS predictions_by_time ON predictions (time);
+CREATE INDEX IF NOT EXISTS prediction_chunks_by_time ON prediction_chunks (t_last);
+CREATE TABLE IF NOT EXISTS prediction_ids (     -- the join: request id -> row k of a chunk
+    id INTEGER PRIMARY KEY, model TEXT NOT NULL, request_id TEXT NOT NULL, chunk INTEGER NOT NULL,
+    k INTEGER NOT NULL, time REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS prediction_ids_by_request ON prediction_ids (model, request_id);
 CREATE TABLE IF NOT EXISTS examples (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,     -- the watermark: never reused, only grows
     model TEXT NOT NULL, time REAL NOT NULL,
@@ -47,17 +58,6 @@ CREATE INDEX IF NOT EXISTS learner_log_by_model ON learner_log (model, id);
 """
 
 _LEARNER_LOG_KEEP = 1000
-# One INSERT of many rows: sqlite3 releases and retakes the GIL around every statement step, and
-# executemany steps once per row; in the serving process that hand-off per row costs the request
-# threads far more than the insert itself (bench/learning.py).
-_ROWS_PER_INSERT = 500
-
-
-@functools.lru_cache(maxsize=None)
-def _insert_predictions(n: int) -> str:
-    return ("INSERT OR IGNORE INTO predictions (model, request_id, version, time, inputs, outputs) VALUES "
-            + ",".join(["(?, ?, ?, ?, ?, ?)"] * n))
-
 
 class SqliteStore:
     def __init__(self, path: str, retention: Retention | None = None) -> None:
@@ -68,6 +68,11 @@ class SqliteStore:
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        # A writer rotates its segment well inside the label window, so pruning by the window
+        # never removes a file someone still appends to (segments.py).
+        self.segments = SegmentFiles(os.path.join(os.path.dirname(self.path), "predictions"),
+                                     max_age=min(300.0, self.retention.label_window_seconds / 2))
+        self.index = IndexWriter(self.path)
         conn = self._conn()
         conn.executescript(_SCHEMA)
 
@@ -88,26 +93,36 @@ class SqliteStore:
         return conn
 
     # -- writes ------------------------------------------------------------------------------
-    def log_predictions(self, records: Sequence[Prediction]) -> None:
-        if not records:
-            return
-        conn = self._conn(durable=False)
-        rows = [(r.model, r.request_id, r.version, r.time, tensors.encode(r.inputs), tensors.encode(r.outputs))
-                for r in records]
-        per_model: dict[str, int] = {}
-        for r in records:
-            per_model[r.model] = per_model.get(r.model, 0) + 1
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for i in range(0, len(rows), _ROWS_PER_INSERT):
-                chunk = rows[i:i + _ROWS_PER_INSERT]
-                conn.execute(_insert_predictions(len(chunk)), [v for row in chunk for v in row])
-            for model, n in per_model.items():
-                _bump(conn, model, "predictions_logged_total", n)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+    def log_predictions(self, batches: Sequence[PredictionBatch]) -> None:
+        chunks = []
+        for b in batches:
+            if not len(b):
+                continue
+            parts_in, parts_out = tensors.encode_rows_parts(b.inputs), tensors.encode_rows_parts(b.outputs)
+            segment, offset = self.segments.append(parts_in + parts_out)
+            chunks.append([b.model, b.version, segment, offset, tensors.nbytes(parts_in), tensors.nbytes(parts_out),
+                           b.request_ids, b.times])
+        if chunks:
+            self.index.write(chunks)  # the bytes are in the segments before an index row points at them
+
+    def _logged_inputs(self, conn: sqlite3.Connection, model: str, request_id: str, oldest: float,
+                       cache: dict) -> tuple[int, float, dict[str, np.ndarray]] | None:
+        """(version, predicted_at, the request's inputs) of a logged prediction still inside the
+        label window, or None. `cache` keeps decoded chunks for the rest of one feedback call."""
+        row = conn.execute(
+            "SELECT i.k, i.time, c.id, c.version, c.segment, c.offset, c.inputs_len FROM prediction_ids i"
+            " JOIN prediction_chunks c ON c.id = i.chunk WHERE i.model = ? AND i.request_id = ?",
+            (model, request_id)).fetchone()
+        if row is None or row[1] < oldest:
+            return None
+        k, predicted_at, chunk, version, segment, offset, length = row
+        if chunk not in cache:
+            blob = self.segments.read(segment, offset, length)
+            cache[chunk] = None if blob is None else tensors.decode(blob)
+        stacked = cache[chunk]
+        if stacked is None:
+            return None
+        return version, predicted_at, tensors.row(stacked, k)
 
     def add_feedback(self, model: str, labels: Sequence[Label], examples: Sequence[NewExample],
                      now: float) -> FeedbackResult:
@@ -117,17 +132,15 @@ class SqliteStore:
         joined = 0
         last: int | None = None
         oldest = now - self.retention.label_window_seconds
+        chunks: dict = {}
         conn.execute("BEGIN IMMEDIATE")
         try:
             for lab in labels:
-                row = conn.execute(
-                    "SELECT version, time, inputs FROM predictions WHERE model = ? AND request_id = ?",
-                    (model, lab.request_id)).fetchone()
-                if row is None or row[1] < oldest:
+                found = self._logged_inputs(conn, model, lab.request_id, oldest, chunks)
+                if found is None:
                     unknown.append(lab.request_id)
                     continue
-                version, predicted_at, blob = row
-                inputs = tensors.decode(blob)
+                version, predicted_at, inputs = found
                 batch = min((len(v) for v in inputs.values()), default=0)
                 if lab.row >= batch:
                     unknown.append(lab.request_id)
@@ -147,8 +160,8 @@ class SqliteStore:
                     (model, now, tensors.encode(ex.inputs), tensors.encode(ex.label), ex.weight))
                 accepted += 1
                 last = cur.lastrowid
-            _bump(conn, model, "labels_joined_total", joined)
-            _bump(conn, model, "examples_added_total", joined + len(examples))
+            bump(conn, model, "labels_joined_total", joined)
+            bump(conn, model, "examples_added_total", joined + len(examples))
             conn.execute("COMMIT")  # synchronous=FULL: the WAL is on disk when this returns
         except BaseException:
             conn.execute("ROLLBACK")
@@ -187,12 +200,19 @@ class SqliteStore:
                     if cut is not None:
                         removed["examples"] += conn.execute("DELETE FROM examples WHERE model = ? AND seq <= ?",
                                                             (model, cut[0])).rowcount
-            removed["predictions"] = conn.execute("DELETE FROM predictions WHERE time < ?",
-                                                  (now - r.label_window_seconds,)).rowcount
+            cutoff = now - r.label_window_seconds
+            stale = conn.execute("SELECT first_id, last_id FROM prediction_chunks WHERE t_last < ?", (cutoff,)).fetchall()
+            for first, last_id in stale:
+                removed["predictions"] += conn.execute("DELETE FROM prediction_ids WHERE id BETWEEN ? AND ?",
+                                                       (first, last_id)).rowcount
+            conn.execute("DELETE FROM prediction_chunks WHERE t_last < ?", (cutoff,))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        # After the commit: no index row points into a file removed here (a segment's mtime is
+        # after every record in it, and every chunk older than the cutoff is gone).
+        self.segments.remove_older_than(cutoff)
         return removed
 
     # -- reads -------------------------------------------------------------------------------
@@ -210,12 +230,14 @@ class SqliteStore:
 
     def stats(self, model: str, now: float) -> StoreStats:
         conn = self._conn()
+        oldest = now - self.retention.label_window_seconds
         counters = dict(conn.execute("SELECT name, value FROM counters WHERE model = ?", (model,)).fetchall())
         stored, last = conn.execute("SELECT COUNT(*), MAX(seq) FROM examples WHERE model = ?", (model,)).fetchone()
         pending = conn.execute(
-            "SELECT COUNT(*) FROM predictions p WHERE p.model = ? AND p.time >= ? AND NOT EXISTS"
+            "SELECT COUNT(*) FROM prediction_chunks c JOIN prediction_ids p ON p.id BETWEEN c.first_id AND c.last_id"
+            " WHERE c.model = ? AND c.t_last >= ? AND p.time >= ? AND NOT EXISTS"
             " (SELECT 1 FROM examples e WHERE e.model = p.model AND e.request_id = p.request_id)",
-            (model, now - self.retention.label_window_seconds)).fetchone()[0]
+            (model, oldest, oldest)).fetchone()[0]
         return StoreStats(stored, counters.get("examples_added_total", 0), counters.get("labels_joined_total", 0),
                           counters.get("predictions_logged_total", 0), pending, None if last is None else str(last))
 
@@ -237,12 +259,8 @@ class SqliteStore:
             except sqlite3.ProgrammingError:
                 pass  # made in another thread that still uses it; the process end closes it
         self._local = threading.local()
-
-
-def _bump(conn: sqlite3.Connection, model: str, name: str, n: int) -> None:
-    if n:
-        conn.execute("INSERT INTO counters VALUES (?, ?, ?) ON CONFLICT (model, name) DO UPDATE SET value = value + ?",
-                     (model, name, n, n))
+        self.index.close()
+        self.segments.close()
 
 
 def _example(r) -> Example:

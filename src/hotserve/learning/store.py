@@ -26,15 +26,25 @@ import numpy as np
 
 
 @dataclass
-class Prediction:
-    """One logged request: what went in and came out of which version, and when."""
+class PredictionBatch:
+    """Logged requests of one model version whose tensors have the same names, shapes and types:
+    inputs[name][k] is what request_ids[k] sent, outputs[name][k] what it got. The prediction log
+    groups requests this way as they are answered, so a store writes each tensor of a batch as
+    one stacked array ([n, *shape]) without copying the requests' arrays into one first."""
 
-    request_id: str
     model: str
     version: int
-    time: float
-    inputs: dict[str, np.ndarray]
-    outputs: dict[str, np.ndarray]
+    request_ids: list[str]
+    times: list[float]
+    inputs: dict[str, list[np.ndarray]]
+    outputs: dict[str, list[np.ndarray]]
+
+    def __len__(self) -> int:
+        return len(self.request_ids)
+
+    def request(self, k: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """What request k sent and got."""
+        return {n: v[k] for n, v in self.inputs.items()}, {n: v[k] for n, v in self.outputs.items()}
 
 
 @dataclass
@@ -99,7 +109,7 @@ class FeedbackStore(Protocol):
     url: str
     retention: Retention
 
-    def log_predictions(self, records: Sequence[Prediction]) -> None:
+    def log_predictions(self, batches: Sequence[PredictionBatch]) -> None:
         """Append logged predictions (the prediction log's writer thread calls this)."""
 
     def add_feedback(self, model: str, labels: Sequence[Label], examples: Sequence[NewExample],

@@ -17,8 +17,14 @@ _MAGIC = b"HT1"
 
 
 def encode(tensors: dict[str, np.ndarray]) -> bytes:
+    return b"".join(encode_parts(tensors))
+
+
+def encode_parts(tensors: dict[str, np.ndarray]) -> list:
+    """encode() as a list of buffers (the header, then each tensor's bytes, not copied when the
+    array is already contiguous little-endian): for os.writev, which copies them once."""
     header: dict[str, list] = {}
-    chunks: list[bytes] = []
+    chunks: list = []
     offset = 0
     for name, arr in tensors.items():
         arr = np.asarray(arr)
@@ -26,12 +32,36 @@ def encode(tensors: dict[str, np.ndarray]) -> bytes:
             flat = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr.reshape(-1)]
             header[name] = ["str", list(arr.shape), flat]
             continue
-        raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
-        header[name] = [arr.dtype.str.lstrip("<>|="), list(arr.shape), offset, len(raw)]
-        chunks.append(raw)
-        offset += len(raw)
+        raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+        header[name] = [arr.dtype.str.lstrip("<>|="), list(arr.shape), offset, raw.nbytes]
+        chunks.append(raw.reshape(-1).view(np.uint8))
+        offset += raw.nbytes
     head = orjson.dumps(header)
-    return _MAGIC + struct.pack("<I", len(head)) + head + b"".join(chunks)
+    return [_MAGIC + struct.pack("<I", len(head)) + head, *chunks]
+
+
+def encode_rows_parts(rows: dict[str, list[np.ndarray]]) -> list:
+    """encode_parts({name: np.stack(arrays)}) without the stack: each name's arrays (same shape
+    and dtype, C-contiguous, native byte order, as the prediction log keeps them) are written
+    back to back, which is the stacked layout. Strings are stacked (their text is the header)."""
+    header: dict[str, list] = {}
+    chunks: list = []
+    offset = 0
+    for name, arrs in rows.items():
+        first = arrs[0]
+        if first.dtype == object or first.dtype.kind in "SU":
+            return encode_parts({n: np.stack(a) for n, a in rows.items()})
+        size = first.nbytes * len(arrs)
+        header[name] = [first.dtype.str.lstrip("<>|="), [len(arrs), *first.shape], offset, size]
+        chunks.extend(arrs)
+        offset += size
+    head = orjson.dumps(header)
+    return [_MAGIC + struct.pack("<I", len(head)) + head, *chunks]
+
+
+def nbytes(parts: list) -> int:
+    """The length of encode_parts' buffers joined."""
+    return sum(memoryview(p).nbytes for p in parts)
 
 
 def decode(blob: bytes) -> dict[str, np.ndarray]:
