@@ -4,7 +4,7 @@ feedback store in batches.
 
 The request path adds references to the request's arrays to the open group of its model version
 and layout (same tensor names, shapes and types) under a lock: no copy, no encoding, no wake-up.
-The writer wakes every 100 ms (at once when a feedback call flushes), takes every group and hands
+The writer wakes every 20 ms (at once when a feedback call flushes), takes every group and hands
 them to the store, which writes each group's arrays back to back as stacked tensors: what the
 writer does per request is nothing. That matters because any Python the writer runs competes
 with the request threads for the GIL: an earlier writer that encoded and inserted a record at a
@@ -28,7 +28,7 @@ from hotserve.observability import metrics
 
 log = logging.getLogger("hotserve.learning")
 
-_LINGER = 0.1  # the writer wakes this often (a feedback call wakes it at once): few, large batches
+_LINGER = 0.02  # the writer wakes this often (a feedback call wakes it at once)
 _MAX_STAGE_ROWS = 1000  # requests per group (its arrays go to one writev of at most ~1024 buffers)
 _MAX_OPEN = 64  # layouts staged at once (variable-shape models); the oldest is sealed beyond
 
