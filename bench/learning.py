@@ -74,13 +74,18 @@ def logging_cost(opts, workdir: str, log) -> list[dict]:
             log(f"  round {rnd + 1} {name:22} {r['rps']:8.0f} req/s  p99 {r['p99_ms']:6.2f} ms  "
                 f"server CPU {r['cpu_us']:6.0f} us/request  errors {r['errors']}")
     out = []
-    base_rps = statistics.median(r["rps"] for r in rows["logging off"])
-    base_cpu = statistics.median(r["cpu_us"] for r in rows["logging off"])
+    off = rows["logging off"]
+    base_rps = statistics.median(r["rps"] for r in off)
+    base_cpu = statistics.median(r["cpu_us"] for r in off)
     for name, rs in rows.items():
         rps = statistics.median(r["rps"] for r in rs)
         cpu = statistics.median(r["cpu_us"] for r in rs)
+        # Each round's on/off pair ran back to back: their ratio leaves out the machine's drift
+        # between rounds, which on a shared machine moves both configs by more than logging does.
+        paired = [a["rps"] / b["rps"] for a, b in zip(rs, off)]
         out.append({"config": name, "rps": rps, "p99_ms": statistics.median(r["p99_ms"] for r in rs),
                     "errors": sum(r["errors"] for r in rs), "ratio": rps / base_rps,
+                    "paired_ratios": paired, "paired_ratio": statistics.median(paired),
                     "cpu_us": cpu, "cpu_ratio": cpu / base_cpu, "dropped": dropped if "on" in name else 0})
     return out
 
@@ -137,11 +142,17 @@ def render(res: dict) -> str:
     if res.get("logging"):
         lines += ["## Prediction logging cost (REST TFS JSON, batch 1, concurrency "
                   f"{res['meta']['concurrency']}, median of {res['meta']['rounds']} rounds)", "",
-                  "| config | req/s | ratio to off | server CPU us/request | ratio to off | p99 ms | dropped records | errors |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| config | req/s | ratio of medians | median of paired ratios | server CPU us/request | ratio to off "
+                  "| p99 ms | dropped records | errors |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in res["logging"]:
-            lines.append(f"| {r['config']} | {r['rps']:.0f} | {r['ratio']:.3f} | {r['cpu_us']:.0f} | {r['cpu_ratio']:.3f} | "
-                         f"{r['p99_ms']:.2f} | {r['dropped']:.0f} | {r['errors']} |")
+            paired = f"{r['paired_ratio']:.3f}" if "paired_ratio" in r else "-"
+            lines.append(f"| {r['config']} | {r['rps']:.0f} | {r['ratio']:.3f} | {paired} | {r['cpu_us']:.0f} | "
+                         f"{r['cpu_ratio']:.3f} | {r['p99_ms']:.2f} | {r['dropped']:.0f} | {r['errors']} |")
+        per_round = [r for r in res["logging"] if "paired_ratios" in r and "on" in r["config"]]
+        if per_round:
+            lines += ["", "Paired ratio (on / off, same round) per round: "
+                      + ", ".join(f"{x:.3f}" for x in per_round[0]["paired_ratios"]) + "."]
         lines.append("")
     if res.get("export"):
         lines += ["## Export of a new version (PyTorch trainer, median)", "",

@@ -3,10 +3,11 @@ outputs} for models with logging on, and a writer thread that hands the staged r
 feedback store in batches.
 
 The request path adds references to the request's arrays to the open group of its model version
-and layout (same tensor names, shapes and types) under a lock: no copy, no encoding, no wake-up.
-The writer wakes every 20 ms (at once when a feedback call flushes), takes every group and hands
-them to the store, which writes each group's arrays back to back as stacked tensors: what the
-writer does per request is nothing. That matters because any Python the writer runs competes
+and layout (same tensor names, shapes and types) under a lock: no copy, no encoding, and a
+wake-up only for the first request of a batch. The writer sleeps until then, gathers for 20 ms
+(less when a feedback call flushes), takes every group and hands them to the store, which
+writes each group's arrays back to back as stacked tensors: what the writer does per request
+is nothing. That matters because any Python the writer runs competes
 with the request threads for the GIL: an earlier writer that encoded and inserted a record at a
 time cost a quarter of the request's own CPU (bench/learning.py). When `capacity` requests are
 staged, further ones are dropped and counted
@@ -28,7 +29,7 @@ from hotserve.observability import metrics
 
 log = logging.getLogger("hotserve.learning")
 
-_LINGER = 0.02  # the writer wakes this often (a feedback call wakes it at once)
+_LINGER = 0.02  # the writer gathers a batch this long after the first staged request (a flush cuts it short)
 _MAX_STAGE_ROWS = 1000  # requests per group (its arrays go to one writev of at most ~1024 buffers)
 _MAX_OPEN = 64  # layouts staged at once (variable-shape models); the oldest is sealed beyond
 
@@ -85,7 +86,8 @@ class PredictionLog:
         self._cv = threading.Condition()
         self._started = 0  # writer batches started / done: flush() waits for one started after it
         self._done = 0
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # something is staged, or a flush, or stop
+        self._hurry = threading.Event()  # a flush or stop: write now, no lingering
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
 
@@ -124,6 +126,9 @@ class PredictionLog:
             if st.add(request_id, time.time(), inputs, outputs):
                 self._sealed.append(self._open.pop(key))
             self._pending += 1
+            first = self._pending == 1
+        if first:
+            self._wake.set()  # the writer sleeps while nothing is staged: once a batch, not a request
 
     def flush(self, timeout: float) -> bool:
         """Wait until every record queued before this call is in the store (a feedback call
@@ -131,6 +136,7 @@ class PredictionLog:
         deadline = time.monotonic() + timeout
         with self._cv:
             target = self._started + 1  # a batch that starts after now drains everything queued now
+            self._hurry.set()
             self._wake.set()
             while self._done < target:
                 remaining = deadline - time.monotonic()
@@ -145,8 +151,11 @@ class PredictionLog:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(_LINGER)
+            self._wake.wait()
             self._wake.clear()
+            if not self._stopping:
+                self._hurry.wait(_LINGER)  # gather a batch; a flush or stop cuts it short
+            self._hurry.clear()
             with self._cv:
                 self._started += 1
                 mine = self._started
@@ -180,5 +189,6 @@ class PredictionLog:
     def stop(self, timeout: float = 5.0) -> None:
         """Write what is queued (bounded), then end the writer."""
         self._stopping = True
+        self._hurry.set()
         self._wake.set()
         self._thread.join(timeout)

@@ -19,7 +19,6 @@ import socket
 import threading
 import time
 
-from hotserve.learning.tensors import nbytes
 
 _IOV_MAX = 1024  # buffers per writev (Linux's limit)
 
@@ -36,24 +35,24 @@ class SegmentFiles:
         self._opened = 0.0
         os.makedirs(directory, exist_ok=True)
 
-    def append(self, parts: list) -> tuple[str, int]:
-        """Write the buffers, in order, at the end of this process's current segment; returns
-        (segment, offset). The bytes are in the page cache (readable by every process) when this
-        returns."""
+    def append(self, parts: list, total: int) -> tuple[str, int]:
+        """Write the buffers (`total` bytes), in order, at the end of this process's current
+        segment; returns (segment, offset). The bytes are in the page cache (readable by every
+        process) when this returns. A short write (a full disk) is cut off again and raised."""
         with self._lock:
             now = time.time()
             if self._fd is None or self._size >= self.max_bytes or now - self._opened > self.max_age:
                 self._rotate(now)
             offset = self._size
-            total = nbytes(parts)
-            for i in range(0, len(parts), _IOV_MAX):
-                batch = parts[i:i + _IOV_MAX]
-                written = os.writev(self._fd, batch)
-                if written < nbytes(batch):  # a short write (a signal, a full disk): finish with a copy
-                    rest = b"".join(parts[i:])[written:]
-                    while rest:
-                        rest = rest[os.write(self._fd, rest):]
-                    break
+            written = 0
+            try:
+                for i in range(0, len(parts), _IOV_MAX):
+                    written += os.writev(self._fd, parts[i:i + _IOV_MAX])
+            finally:
+                if written != total:
+                    os.ftruncate(self._fd, offset)  # nothing half-written stays where the next append goes
+            if written != total:
+                raise OSError(f"segment {self._name}: wrote {written} of {total} bytes")
             self._size += total
             return self._name, offset
 

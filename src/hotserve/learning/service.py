@@ -27,7 +27,7 @@ from hotserve.runtimes.base import get_signature
 
 log = logging.getLogger("hotserve.learning")
 
-_TAIL_SECONDS = 0.2
+_TAIL_SECONDS = 1.0  # how often the learner's outcomes are read (a store query per model, in every worker)
 _PRUNE_SECONDS = 60.0
 _FLUSH_SECONDS = 2.0  # a feedback call waits this long at most for the prediction log to catch up
 _FRESHNESS_KEEP = 200

@@ -98,10 +98,9 @@ class SqliteStore:
         for b in batches:
             if not len(b):
                 continue
-            parts_in, parts_out = tensors.encode_rows_parts(b.inputs), tensors.encode_rows_parts(b.outputs)
-            segment, offset = self.segments.append(parts_in + parts_out)
-            chunks.append([b.model, b.version, segment, offset, tensors.nbytes(parts_in), tensors.nbytes(parts_out),
-                           b.request_ids, b.times])
+            (parts_in, n_in), (parts_out, n_out) = tensors.encode_rows_parts(b.inputs), tensors.encode_rows_parts(b.outputs)
+            segment, offset = self.segments.append(parts_in + parts_out, n_in + n_out)
+            chunks.append([b.model, b.version, segment, offset, n_in, n_out, b.request_ids, b.times])
         if chunks:
             self.index.write(chunks)  # the bytes are in the segments before an index row points at them
 

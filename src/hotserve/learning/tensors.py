@@ -17,12 +17,13 @@ _MAGIC = b"HT1"
 
 
 def encode(tensors: dict[str, np.ndarray]) -> bytes:
-    return b"".join(encode_parts(tensors))
+    return b"".join(encode_parts(tensors)[0])
 
 
-def encode_parts(tensors: dict[str, np.ndarray]) -> list:
+def encode_parts(tensors: dict[str, np.ndarray]) -> tuple[list, int]:
     """encode() as a list of buffers (the header, then each tensor's bytes, not copied when the
-    array is already contiguous little-endian): for os.writev, which copies them once."""
+    array is already contiguous little-endian), for os.writev, which copies them once; and
+    their length in bytes."""
     header: dict[str, list] = {}
     chunks: list = []
     offset = 0
@@ -36,11 +37,11 @@ def encode_parts(tensors: dict[str, np.ndarray]) -> list:
         header[name] = [arr.dtype.str.lstrip("<>|="), list(arr.shape), offset, raw.nbytes]
         chunks.append(raw.reshape(-1).view(np.uint8))
         offset += raw.nbytes
-    head = orjson.dumps(header)
-    return [_MAGIC + struct.pack("<I", len(head)) + head, *chunks]
+    head = _MAGIC + struct.pack("<I", len(head := orjson.dumps(header))) + head
+    return [head, *chunks], len(head) + offset
 
 
-def encode_rows_parts(rows: dict[str, list[np.ndarray]]) -> list:
+def encode_rows_parts(rows: dict[str, list[np.ndarray]]) -> tuple[list, int]:
     """encode_parts({name: np.stack(arrays)}) without the stack: each name's arrays (same shape
     and dtype, C-contiguous, native byte order, as the prediction log keeps them) are written
     back to back, which is the stacked layout. Strings are stacked (their text is the header)."""
@@ -55,13 +56,8 @@ def encode_rows_parts(rows: dict[str, list[np.ndarray]]) -> list:
         header[name] = [first.dtype.str.lstrip("<>|="), [len(arrs), *first.shape], offset, size]
         chunks.extend(arrs)
         offset += size
-    head = orjson.dumps(header)
-    return [_MAGIC + struct.pack("<I", len(head)) + head, *chunks]
-
-
-def nbytes(parts: list) -> int:
-    """The length of encode_parts' buffers joined."""
-    return sum(memoryview(p).nbytes for p in parts)
+    head = _MAGIC + struct.pack("<I", len(head := orjson.dumps(header))) + head
+    return [head, *chunks], len(head) + offset
 
 
 def decode(blob: bytes) -> dict[str, np.ndarray]:
