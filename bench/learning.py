@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Continuous learning figures, each against its peer measured in the same run:
 
-    python bench/learning.py                 # ~3 min: logging cost, export speed, freshness (CTR demo, 60 s)
+    python bench/learning.py                 # ~5 min: logging cost, export speed, freshness (CTR demo, 60 s)
     python bench/learning.py --quick         # smoke run, ~1 min
 
 1. Prediction logging cost: REST TF Serving JSON, batch 1, concurrency 64 (wrk), on the MLP
@@ -181,7 +181,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: 3 s cells, 1 round, 30 s demo")
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5, help="alternating off/on rounds of the logging cost (default 5)")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--client-cpus", dest="client_cpus", default="1")
     ap.add_argument("--export-repeats", dest="export_repeats", type=int, default=5)

@@ -30,7 +30,7 @@ from hotserve.observability import metrics
 log = logging.getLogger("hotserve.learning")
 
 _LINGER = 0.02  # the writer gathers a batch this long after the first staged request (a flush cuts it short)
-_MAX_STAGE_ROWS = 1000  # requests per group (its arrays go to one writev of at most ~1024 buffers)
+_MAX_STAGE_ROWS = 1000  # requests per group: bounds what one store write holds and copies
 _MAX_OPEN = 64  # layouts staged at once (variable-shape models); the oldest is sealed beyond
 
 
