@@ -65,13 +65,9 @@ class _Staging:
         return PredictionBatch(self.model, self.version, self.ids, self.times, self.inputs, self.outputs)
 
 
-def _plain(tensors: dict) -> dict:
-    """The tensors as arrays the store can write as they are: C-contiguous, native byte order
-    (the decoders and runtimes make them so; anything else is copied once)."""
-    for a in tensors.values():
-        if not (isinstance(a, np.ndarray) and a.flags.c_contiguous and a.dtype.isnative):
-            return {n: np.ascontiguousarray(a, np.asarray(a).dtype.newbyteorder("=")) for n, a in tensors.items()}
-    return tensors
+def _arrays(tensors: dict) -> dict:
+    """Values that are not numpy arrays (a Python model's lists), made arrays: the slow path."""
+    return {n: np.asarray(a) for n, a in tensors.items()}
 
 
 class PredictionLog:
@@ -112,8 +108,12 @@ class PredictionLog:
             log.exception("prediction log: staging a request of model %s failed; it is not logged", call.model)
 
     def _stage(self, model: str, version: int, request_id: str, inputs: dict, outputs: dict) -> None:
-        inputs, outputs = _plain(inputs), _plain(outputs)
-        key = (model, version, _layout(inputs), _layout(outputs))
+        # Contiguity and byte order are the store's to check, a group at a time (tensors.py).
+        try:
+            key = (model, version, _layout(inputs), _layout(outputs))
+        except AttributeError:
+            inputs, outputs = _arrays(inputs), _arrays(outputs)
+            key = (model, version, _layout(inputs), _layout(outputs))
         with self._lock:
             if self._pending >= self.capacity:
                 metrics.PREDICTION_LOG.inc((model, "dropped"))

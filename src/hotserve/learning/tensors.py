@@ -8,12 +8,14 @@ tensors travel in the header as lists of text.
 
 from __future__ import annotations
 
+import operator
 import struct
 
 import numpy as np
 import orjson
 
 _MAGIC = b"HT1"
+_c_contiguous = operator.attrgetter("flags.c_contiguous")  # a C-level loop over a group's arrays
 
 
 def encode(tensors: dict[str, np.ndarray]) -> bytes:
@@ -50,7 +52,8 @@ def encode_rows_parts(rows: dict[str, list[np.ndarray]]) -> tuple[list, int]:
     offset = 0
     for name, arrs in rows.items():
         first = arrs[0]
-        if first.dtype == object or first.dtype.kind in "SU":
+        if first.dtype == object or first.dtype.kind in "SU" or not first.dtype.isnative \
+                or not all(map(_c_contiguous, arrs)):
             return encode_parts({n: np.stack(a) for n, a in rows.items()})
         size = first.nbytes * len(arrs)
         header[name] = [first.dtype.str.lstrip("<>|="), [len(arrs), *first.shape], offset, size]
