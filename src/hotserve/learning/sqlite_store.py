@@ -117,7 +117,7 @@ class SqliteStore:
         k, predicted_at, chunk, version, segment, offset, length = row
         if chunk not in cache:
             blob = self.segments.read(segment, offset, length)
-            cache[chunk] = None if blob is None else tensors.decode(blob)
+            cache[chunk] = None if blob is None else tensors.decode(blob, copy=False)  # one row is re-encoded
         stacked = cache[chunk]
         if stacked is None:
             return None

@@ -63,7 +63,9 @@ def encode_rows_parts(rows: dict[str, list[np.ndarray]]) -> tuple[list, int]:
     return [head, *chunks], len(head) + offset
 
 
-def decode(blob: bytes) -> dict[str, np.ndarray]:
+def decode(blob: bytes, copy: bool = True) -> dict[str, np.ndarray]:
+    """The tensors of an encoded record; copy=False leaves the numeric ones as read-only views of
+    blob (for a reader that takes a row or two of a large record and re-encodes them)."""
     if blob[:3] != _MAGIC:
         raise ValueError("not a hotserve tensor record")
     (n,) = struct.unpack_from("<I", blob, 3)
@@ -77,7 +79,8 @@ def decode(blob: bytes) -> dict[str, np.ndarray]:
             out[name] = arr.reshape(spec[1])
         else:
             dtype = np.dtype(spec[0]).newbyteorder("<")
-            out[name] = np.frombuffer(body[spec[2]:spec[2] + spec[3]], dtype=dtype).reshape(spec[1]).copy()
+            arr = np.frombuffer(body[spec[2]:spec[2] + spec[3]], dtype=dtype).reshape(spec[1])
+            out[name] = arr.copy() if copy else arr
     return out
 
 
