@@ -39,28 +39,33 @@ def encode_parts(tensors: dict[str, np.ndarray]) -> tuple[list, int]:
         header[name] = [arr.dtype.str.lstrip("<>|="), list(arr.shape), offset, raw.nbytes]
         chunks.append(raw.reshape(-1).view(np.uint8))
         offset += raw.nbytes
-    head = _MAGIC + struct.pack("<I", len(head := orjson.dumps(header))) + head
-    return [head, *chunks], len(head) + offset
+    return _framed(header, chunks, offset)
 
 
 def encode_rows_parts(rows: dict[str, list[np.ndarray]]) -> tuple[list, int]:
     """encode_parts({name: np.stack(arrays)}) without the stack: each name's arrays (same shape
-    and dtype, C-contiguous, native byte order, as the prediction log keeps them) are written
-    back to back, which is the stacked layout. Strings are stacked (their text is the header)."""
+    and dtype, as the prediction log groups them) are written back to back, which is the stacked
+    layout, when they are C-contiguous little-endian; otherwise, and for strings (their text is
+    the header), they are stacked."""
     header: dict[str, list] = {}
     chunks: list = []
     offset = 0
     for name, arrs in rows.items():
         first = arrs[0]
-        if first.dtype == object or first.dtype.kind in "SU" or not first.dtype.isnative \
+        if first.dtype == object or first.dtype.kind in "SU" or first.dtype.str[0] == ">" \
                 or not all(map(_c_contiguous, arrs)):
             return encode_parts({n: np.stack(a) for n, a in rows.items()})
         size = first.nbytes * len(arrs)
         header[name] = [first.dtype.str.lstrip("<>|="), [len(arrs), *first.shape], offset, size]
         chunks.extend(arrs)
         offset += size
-    head = _MAGIC + struct.pack("<I", len(head := orjson.dumps(header))) + head
-    return [head, *chunks], len(head) + offset
+    return _framed(header, chunks, offset)
+
+
+def _framed(header: dict, chunks: list, body_len: int) -> tuple[list, int]:
+    head = orjson.dumps(header)
+    head = _MAGIC + struct.pack("<I", len(head)) + head
+    return [head, *chunks], len(head) + body_len
 
 
 def decode(blob: bytes, copy: bool = True) -> dict[str, np.ndarray]:
