@@ -33,6 +33,21 @@ def _insert_ids(n: int) -> str:
             + ",".join(["(?, ?, ?, ?, ?, ?)"] * n))
 
 
+def connect(path: str, durable: bool) -> sqlite3.Connection:
+    """A connection to the feedback database in WAL mode; durable: synchronous=FULL (a commit
+    is on disk when it returns), else NORMAL (on disk at the next checkpoint). isolation_level
+    None: callers issue BEGIN/COMMIT themselves, so a call is one transaction."""
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    set_durable(conn, durable)
+    return conn
+
+
+def set_durable(conn: sqlite3.Connection, durable: bool) -> None:
+    conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+
+
 def bump(conn: sqlite3.Connection, model: str, name: str, n: int) -> None:
     if n:
         conn.execute("INSERT INTO counters VALUES (?, ?, ?) ON CONFLICT (model, name) DO UPDATE SET value = value + ?",
@@ -82,10 +97,7 @@ def _write_frame(stream, body: bytes) -> None:
 
 
 def main(path: str) -> int:
-    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA busy_timeout=30000")
-    conn.execute("PRAGMA synchronous=NORMAL")  # a logged prediction is not a promise: no fsync per batch
+    conn = connect(path, durable=False)  # a logged prediction is not a promise: no fsync per batch
     while (body := _read_frame(sys.stdin.buffer)) is not None:
         try:
             write_chunks(conn, orjson.loads(body))

@@ -23,7 +23,7 @@ import numpy as np
 
 from hotserve.learning import tensors
 from hotserve.learning.segments import SegmentFiles
-from hotserve.learning.sqlite_index import IndexWriter, bump
+from hotserve.learning.sqlite_index import IndexWriter, bump, connect, set_durable
 from hotserve.learning.store import Example, FeedbackResult, Label, NewExample, PredictionBatch, Retention, StoreStats
 
 _SCHEMA = """
@@ -59,6 +59,7 @@ CREATE INDEX IF NOT EXISTS learner_log_by_model ON learner_log (model, id);
 
 _LEARNER_LOG_KEEP = 1000
 
+
 class SqliteStore:
     def __init__(self, path: str, retention: Retention | None = None) -> None:
         self.path = os.path.abspath(path)
@@ -79,16 +80,12 @@ class SqliteStore:
     def _conn(self, durable: bool = True) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a call is one transaction.
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
-            self._local.durable = None
+            conn = self._local.conn = connect(self.path, durable)
+            self._local.durable = durable
             with self._all_lock:
                 self._all.append(conn)
-        if self._local.durable is not durable:
-            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        elif self._local.durable is not durable:
+            set_durable(conn, durable)
             self._local.durable = durable
         return conn
 
