@@ -35,6 +35,7 @@ from benchlib.loadgen import run_wrk  # noqa: E402
 from benchlib.payloads import make_payload  # noqa: E402
 from benchlib.servers import start_hotserve  # noqa: E402
 
+OFF, ON = "logging off", "logging on (rate 1.0)"
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -46,8 +47,8 @@ def logging_cost(opts, workdir: str, log) -> list[dict]:
     publish(make_mlp(os.path.join(workdir, "build", "model.onnx"), seed=1), base, 1)
     payload = make_payload("tfs-json", 1)
     configs = {
-        "logging off": [],
-        "logging on (rate 1.0)": ["--learning_dir", os.path.join(workdir, "learn"), "--prediction_log_sampling_rate", "1"],
+        OFF: [],
+        ON: ["--learning_dir", os.path.join(workdir, "learn"), "--prediction_log_sampling_rate", "1"],
     }
     rows = {name: [] for name in configs}
     # Both servers run for the whole measurement and take turns under load, a window each per
@@ -73,14 +74,14 @@ def logging_cost(opts, workdir: str, log) -> list[dict]:
                     f"server CPU {r['cpu_us']:6.0f} us/request  errors {r['errors']}")
         import urllib.request
 
-        text = urllib.request.urlopen(servers["logging on (rate 1.0)"].url + "/metrics", timeout=10).read().decode()
+        text = urllib.request.urlopen(servers[ON].url + "/metrics", timeout=10).read().decode()
         m = re.search(r'hotserve_prediction_log_records_total\{model="mlp",outcome="dropped"\} (\S+)', text)
         dropped = float(m.group(1)) if m else 0.0
     finally:
         for srv in servers.values():
             srv.stop()
     out = []
-    off = rows["logging off"]
+    off = rows[OFF]
     base_rps = statistics.median(r["rps"] for r in off)
     base_cpu = statistics.median(r["cpu_us"] for r in off)
     for name, rs in rows.items():
@@ -92,7 +93,7 @@ def logging_cost(opts, workdir: str, log) -> list[dict]:
         out.append({"config": name, "rps": rps, "p99_ms": statistics.median(r["p99_ms"] for r in rs),
                     "errors": sum(r["errors"] for r in rs), "ratio": rps / base_rps,
                     "paired_ratios": paired, "paired_ratio": statistics.median(paired),
-                    "cpu_us": cpu, "cpu_ratio": cpu / base_cpu, "dropped": dropped if "on" in name else 0})
+                    "cpu_us": cpu, "cpu_ratio": cpu / base_cpu, "dropped": dropped if name == ON else 0})
     return out
 
 
@@ -155,7 +156,7 @@ def render(res: dict) -> str:
             paired = f"{r['paired_ratio']:.3f}" if "paired_ratio" in r else "-"
             lines.append(f"| {r['config']} | {r['rps']:.0f} | {r['ratio']:.3f} | {paired} | {r['cpu_us']:.0f} | "
                          f"{r['cpu_ratio']:.3f} | {r['p99_ms']:.2f} | {r['dropped']:.0f} | {r['errors']} |")
-        per_round = [r for r in res["logging"] if "paired_ratios" in r and "on" in r["config"]]
+        per_round = [r for r in res["logging"] if "paired_ratios" in r and r["config"] == ON]
         if per_round:
             lines += ["", "Paired ratio (on / off, same round) per round: "
                       + ", ".join(f"{x:.3f}" for x in per_round[0]["paired_ratios"]) + "."]

@@ -42,7 +42,6 @@ from hotserve.runtimes.registry import RuntimeOptions
 log = logging.getLogger("hotserve.manager")
 
 
-
 @dataclass(frozen=True)
 class ManagerOptions:
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
