@@ -22,8 +22,6 @@ import threading
 import time
 from typing import Any, Callable
 
-import numpy as np
-
 from hotserve.learning.store import FeedbackStore, PredictionBatch
 from hotserve.observability import metrics
 
@@ -65,11 +63,6 @@ class _Staging:
         return PredictionBatch(self.model, self.version, self.ids, self.times, self.inputs, self.outputs)
 
 
-def _arrays(tensors: dict) -> dict:
-    """Values that are not numpy arrays (a Python model's lists), made arrays: the slow path."""
-    return {n: np.asarray(a) for n, a in tensors.items()}
-
-
 class PredictionLog:
     def __init__(self, store: FeedbackStore, rate_of: Callable[[str], float], capacity: int = 10_000) -> None:
         self.store = store
@@ -108,12 +101,9 @@ class PredictionLog:
             log.exception("prediction log: staging a request of model %s failed; it is not logged", call.model)
 
     def _stage(self, model: str, version: int, request_id: str, inputs: dict, outputs: dict) -> None:
-        # Contiguity and byte order are the store's to check, a group at a time (tensors.py).
-        try:
-            key = (model, version, _layout(inputs), _layout(outputs))
-        except AttributeError:
-            inputs, outputs = _arrays(inputs), _arrays(outputs)
-            key = (model, version, _layout(inputs), _layout(outputs))
+        # Arrays already (decoders make them, runtimes return them: python.py's np.asarray);
+        # contiguity and byte order are the store's to check, a group at a time (tensors.py).
+        key = (model, version, _layout(inputs), _layout(outputs))
         with self._lock:
             if self._pending >= self.capacity:
                 metrics.PREDICTION_LOG.inc((model, "dropped"))
