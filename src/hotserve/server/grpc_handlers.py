@@ -1,11 +1,21 @@
-"""Turning service methods into grpc.aio handlers: plain RPCs (status, metadata, management)
-run in the worker pool; model RPCs go through the request frame, so they bind, run, release,
-record and map errors exactly as REST does, and name the bound version in the trailing
-metadata (`x-model-version`) of every answer, errors included."""
+"""gRPC methods, independent of the transport that carries them.
+
+A service is a table {method name: Method}. A Method is one of three kinds:
+- `unary`: fn(request, metadata) runs in the worker pool (status, metadata, management);
+- `framed`: plan(request, metadata) -> (Call, prepare, execute) goes through the request frame,
+  so a model RPC binds, runs, releases, records and maps errors exactly as REST does, and names
+  the bound version in the trailing metadata (`x-model-version`) of every answer, errors included;
+- `stream`: fn(request, metadata) is an async iterator of responses (health Watch).
+
+Two transports serve the same tables: grpc.aio (`aio_handlers`, server/grpc_server.py) and the
+native HTTP/2 front end (server/grpc_h2.py). What a call answers is an `Outcome`, so both map
+results, errors and trailing metadata the same way.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import grpc
@@ -14,7 +24,7 @@ from hotserve.core import inline
 from hotserve.errors import HotserveError
 from hotserve.observability import tracing
 from hotserve.server.context import ServerContext
-from hotserve.server.frame import Call
+from hotserve.server.frame import Call, Done
 
 log = logging.getLogger("hotserve.grpc")
 
@@ -23,64 +33,135 @@ REVISION_METADATA = "x-model-revision"
 KEY_METADATA = "x-request-key"
 ID_METADATA = "x-request-id"
 
-
-def metadata_of(context: grpc.aio.ServicerContext) -> dict[str, str]:
-    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-
-
-def unary(fn: Callable[[Any, dict], Any], req_cls, resp_cls, ctx: ServerContext) -> grpc.RpcMethodHandler:
-    """fn(request, metadata) in the worker pool; a HotserveError becomes its status."""
-
-    async def handler(request, context: grpc.aio.ServicerContext):
-        try:
-            return await ctx.blocking(fn, request, metadata_of(context))
-        except HotserveError as exc:
-            await context.abort(grpc.StatusCode[exc.code.value], exc.message)
-        except Exception as exc:
-            log.exception("gRPC handler %s failed", getattr(fn, "__name__", fn))
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
-
-    return grpc.unary_unary_rpc_method_handler(
-        handler, request_deserializer=req_cls.FromString, response_serializer=resp_cls.SerializeToString)
-
-
 # plan(request, metadata) -> (Call, prepare, execute): what the frame needs for one model RPC.
 Planner = Callable[[Any, dict], tuple[Call, Callable[[], Any], Callable[[Any, Any], Any]]]
 
 
-def framed(plan: Planner, req_cls, resp_cls, ctx: ServerContext) -> grpc.RpcMethodHandler:
-    async def handler(request, context: grpc.aio.ServicerContext):
-        meta = metadata_of(context)
-        if tracing.ENABLED:
-            tracing.set_incoming(meta)
-        try:
-            call, prepare, execute = plan(request, meta)
-        except HotserveError as exc:
-            await context.abort(grpc.StatusCode[exc.code.value], exc.message)
-            return
-        if meta.get(ID_METADATA):
-            call.request_id = meta[ID_METADATA]
-        mm = ctx.manager.models.get(call.model)
-        if mm is not None and mm.inline_ok:
-            # ByteSize() walks the message (0.3 us at 3 KiB, 0.8 ms at 12 MiB): ask only when inline is possible.
-            # protobuf has parsed it already: its bytes weigh as raw tensor bytes.
-            call.size = inline.request_weight(0, request.ByteSize())
-        # The client's deadline bounds the call (and frees the model's slot when it passes); without
-        # one, the REST timeout applies, so a hung model cannot hold a gRPC call forever.
-        remaining = context.time_remaining()
-        timeout = min(remaining, ctx.timeout_seconds) if remaining is not None else ctx.timeout_seconds
-        done = await ctx.frame.run(call, prepare, execute, timeout, "the call's deadline or --rest_api_timeout_in_ms")
-        trailing = ((VERSION_METADATA, done.version), (REVISION_METADATA, done.revision or "0")) if done.version else ()
-        if done.request_id is not None:
-            trailing += ((ID_METADATA, done.request_id),)
-        if done.error is not None:
-            retry = getattr(done.error, "retry_after", None)
-            if retry is not None:
-                trailing += (("retry-after", str(max(1, int(retry + 0.999)))),)
-            await context.abort(grpc.StatusCode[done.error.code.value], done.error.message, trailing_metadata=trailing)
-            return
-        context.set_trailing_metadata(trailing)
-        return done.value
+@dataclass(frozen=True)
+class Method:
+    kind: str  # "unary" | "framed" | "stream"
+    fn: Callable
+    req_cls: Any
+    resp_cls: Any
 
+
+def unary(fn: Callable[[Any, dict], Any], req_cls, resp_cls) -> Method:
+    return Method("unary", fn, req_cls, resp_cls)
+
+
+def framed(plan: Planner, req_cls, resp_cls) -> Method:
+    return Method("framed", plan, req_cls, resp_cls)
+
+
+def stream(fn: Callable[[Any, dict], Any], req_cls, resp_cls) -> Method:
+    return Method("stream", fn, req_cls, resp_cls)
+
+
+@dataclass
+class Outcome:
+    """A call's answer: the response message, or a status code name (grpc.StatusCode's) and
+    message; trailing metadata either way."""
+
+    value: Any = None
+    code: str | None = None  # None: OK
+    message: str = ""
+    trailing: tuple = ()
+
+
+def error_outcome(exc: Exception, what: Any) -> Outcome:
+    if isinstance(exc, HotserveError):
+        return Outcome(code=exc.code.value, message=exc.message)
+    log.error("gRPC handler %s failed", getattr(what, "__name__", what), exc_info=exc)
+    return Outcome(code="INTERNAL", message=f"internal error: {type(exc).__name__}: {exc}")
+
+
+async def run_unary(ctx: ServerContext, m: Method, request: Any, meta: dict) -> Outcome:
+    try:
+        return Outcome(await ctx.blocking(m.fn, request, meta))
+    except Exception as exc:
+        return error_outcome(exc, m.fn)
+
+
+def plan_call(ctx: ServerContext, m: Method, request: Any, meta: dict, message_bytes: int | None = None):
+    """(call, prepare, execute) of a framed method, or the Outcome of a request it refuses.
+    message_bytes: the request's size on the wire when the transport knows it."""
+    if tracing.ENABLED:
+        tracing.set_incoming(meta)
+    try:
+        call, prepare, execute = m.fn(request, meta)
+    except Exception as exc:
+        return error_outcome(exc, m.fn)
+    rid = meta.get(ID_METADATA)
+    if rid:
+        call.request_id = rid
+    mm = ctx.manager.models.get(call.model)
+    if mm is not None and mm.inline_ok:
+        # protobuf has parsed it already: its bytes weigh as raw tensor bytes. ByteSize() walks the
+        # message (0.3 us at 3 KiB, 0.8 ms at 12 MiB): asked only when inline is possible.
+        call.size = inline.request_weight(0, request.ByteSize() if message_bytes is None else message_bytes)
+    return call, prepare, execute
+
+
+def framed_outcome(done: Done) -> Outcome:
+    trailing = ((VERSION_METADATA, done.version), (REVISION_METADATA, done.revision or "0")) if done.version else ()
+    if done.request_id is not None:
+        trailing += ((ID_METADATA, done.request_id),)
+    if done.error is None:
+        return Outcome(done.value, trailing=trailing)
+    retry = getattr(done.error, "retry_after", None)
+    if retry is not None:
+        trailing += (("retry-after", str(max(1, int(retry + 0.999)))),)
+    return Outcome(code=done.error.code.value, message=done.error.message, trailing=trailing)
+
+
+def deadline_of(ctx: ServerContext, remaining: float | None) -> float:
+    """The client's deadline bounds the call (and frees the model's slot when it passes); without
+    one, the REST timeout applies, so a hung model cannot hold a gRPC call forever."""
+    return min(remaining, ctx.timeout_seconds) if remaining is not None else ctx.timeout_seconds
+
+
+DEADLINE_FLAG = "the call's deadline or --rest_api_timeout_in_ms"
+
+
+# -- grpc.aio ----------------------------------------------------------------------------------
+def metadata_of(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
+async def _answer(context: grpc.aio.ServicerContext, out: Outcome):
+    if out.code is not None:
+        await context.abort(grpc.StatusCode[out.code], out.message, trailing_metadata=out.trailing)
+        return None
+    if out.trailing:
+        context.set_trailing_metadata(out.trailing)
+    return out.value
+
+
+def _aio_handler(m: Method, ctx: ServerContext) -> grpc.RpcMethodHandler:
+    if m.kind == "unary":
+        async def handler(request, context: grpc.aio.ServicerContext):
+            return await _answer(context, await run_unary(ctx, m, request, metadata_of(context)))
+    elif m.kind == "framed":
+        async def handler(request, context: grpc.aio.ServicerContext):
+            planned = plan_call(ctx, m, request, metadata_of(context))
+            if isinstance(planned, Outcome):
+                return await _answer(context, planned)
+            done = await ctx.frame.run(*planned, deadline_of(ctx, context.time_remaining()), DEADLINE_FLAG)
+            return await _answer(context, framed_outcome(done))
+    else:
+        async def streaming(request, context: grpc.aio.ServicerContext):
+            try:
+                async for resp in m.fn(request, metadata_of(context)):
+                    yield resp
+            except HotserveError as exc:
+                await context.abort(grpc.StatusCode[exc.code.value], exc.message)
+
+        return grpc.unary_stream_rpc_method_handler(
+            streaming, request_deserializer=m.req_cls.FromString, response_serializer=m.resp_cls.SerializeToString)
     return grpc.unary_unary_rpc_method_handler(
-        handler, request_deserializer=req_cls.FromString, response_serializer=resp_cls.SerializeToString)
+        handler, request_deserializer=m.req_cls.FromString, response_serializer=m.resp_cls.SerializeToString)
+
+
+def aio_handlers(services: dict[str, dict[str, Method]], ctx: ServerContext) -> list[grpc.GenericRpcHandler]:
+    return [grpc.method_handlers_generic_handler(service, {name: _aio_handler(m, ctx) for name, m in methods.items()})
+            for service, methods in services.items()]

@@ -15,7 +15,9 @@ import grpc
 
 from hotserve.core.manager import Manager
 from hotserve.server import grpc_tfserving, grpc_v2
+from hotserve.errors import NotFound
 from hotserve.server.context import ServerContext
+from hotserve.server.grpc_handlers import Method, aio_handlers, stream, unary
 
 log = logging.getLogger("hotserve.grpc")
 
@@ -23,7 +25,7 @@ log = logging.getLogger("hotserve.grpc")
 MAX_MESSAGE_BYTES = 2**31 - 1
 
 
-class _Health:
+class Health:
     """grpc.health.v1 answered from live state: '' is the server's readiness, '<model>' that
     model's. Computing it per call means it can never lag behind the manager."""
 
@@ -43,13 +45,13 @@ class _Health:
             return resp.SERVICE_UNKNOWN
         return resp.SERVING if mm.is_ready() else resp.NOT_SERVING
 
-    async def Check(self, request, context: grpc.aio.ServicerContext):
+    def Check(self, request, meta: dict):
         status = self._status(request.service)
         if status == self.pb.HealthCheckResponse.SERVICE_UNKNOWN:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+            raise NotFound(f"unknown service {request.service!r}")
         return self.pb.HealthCheckResponse(status=status)
 
-    async def Watch(self, request, context: grpc.aio.ServicerContext):
+    async def Watch(self, request, meta: dict):
         last = None
         while True:  # ends when the client cancels or the server stops
             status = self._status(request.service)
@@ -58,16 +60,16 @@ class _Health:
                 last = status
             await asyncio.sleep(0.1)
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        # Registered by hand: grpcio-health-checking's servicer base class gains methods across
-        # releases (List in 1.85), and only Check and Watch are the protocol's promise.
+    def service(self) -> dict[str, dict[str, Method]]:
+        # Only Check and Watch: grpcio-health-checking's servicer base class gains methods across
+        # releases (List in 1.85), and these two are the protocol's promise.
         req, resp = self.pb.HealthCheckRequest, self.pb.HealthCheckResponse
-        return grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
-            "Check": grpc.unary_unary_rpc_method_handler(
-                self.Check, request_deserializer=req.FromString, response_serializer=resp.SerializeToString),
-            "Watch": grpc.unary_stream_rpc_method_handler(
-                self.Watch, request_deserializer=req.FromString, response_serializer=resp.SerializeToString),
-        })
+        return {"grpc.health.v1.Health": {"Check": unary(self.Check, req, resp), "Watch": stream(self.Watch, req, resp)}}
+
+
+def services(ctx: ServerContext) -> dict[str, dict[str, Method]]:
+    """Every gRPC service hotserve serves, whatever the transport."""
+    return {**grpc_tfserving.services(ctx), **grpc_v2.services(ctx), **Health(ctx.manager, ctx.ready).service()}
 
 
 class GrpcServer:
@@ -86,8 +88,7 @@ class GrpcServer:
                 ("grpc.so_reuseport", 1 if self.reuse_port else 0),
             ]
         )
-        self.server.add_generic_rpc_handlers(grpc_tfserving.handlers(self.ctx) + grpc_v2.handlers(self.ctx))
-        self.server.add_generic_rpc_handlers([_Health(self.ctx.manager, self.ctx.ready).handler()])
+        self.server.add_generic_rpc_handlers(aio_handlers(services(self.ctx), self.ctx))
         host = f"[{self.host}]" if ":" in self.host else self.host
         bound = self.server.add_insecure_port(f"{host}:{self.port}")
         if bound == 0:

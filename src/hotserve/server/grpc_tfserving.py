@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
-
 from hotserve.core import config as cfg
 from hotserve.core import inference
 from hotserve.errors import InvalidArgument
@@ -21,7 +19,7 @@ from hotserve.protos.tensorflow_serving.apis import (
 from hotserve.runtimes.base import DEFAULT_SIGNATURE
 from hotserve.server.context import ServerContext
 from hotserve.server.frame import Call
-from hotserve.server.grpc_handlers import KEY_METADATA, framed, unary
+from hotserve.server.grpc_handlers import KEY_METADATA, Method, framed, unary
 
 
 def _call(spec, api: str, meta: dict) -> Call:
@@ -128,25 +126,25 @@ class ModelService:
         return model_management_pb2.ReloadConfigResponse()
 
 
-def handlers(ctx: ServerContext) -> list[grpc.GenericRpcHandler]:
+def services(ctx: ServerContext) -> dict[str, dict[str, Method]]:
     ps, ms = PredictionService(ctx), ModelService(ctx)
-    return [
-        grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {
-            "Predict": framed(ps.Predict, predict_pb2.PredictRequest, predict_pb2.PredictResponse, ctx),
+    return {
+        "tensorflow.serving.PredictionService": {
+            "Predict": framed(ps.Predict, predict_pb2.PredictRequest, predict_pb2.PredictResponse),
             "GetModelMetadata": unary(ps.GetModelMetadata, get_model_metadata_pb2.GetModelMetadataRequest,
-                                      get_model_metadata_pb2.GetModelMetadataResponse, ctx),
+                                      get_model_metadata_pb2.GetModelMetadataResponse),
             "Classify": framed(ps._examples("classify", classification_pb2.ClassificationResponse,
                                             tf_examples.classification_result),
-                               classification_pb2.ClassificationRequest, classification_pb2.ClassificationResponse, ctx),
+                               classification_pb2.ClassificationRequest, classification_pb2.ClassificationResponse),
             "Regress": framed(ps._examples("regress", regression_pb2.RegressionResponse, tf_examples.regression_result),
-                              regression_pb2.RegressionRequest, regression_pb2.RegressionResponse, ctx),
+                              regression_pb2.RegressionRequest, regression_pb2.RegressionResponse),
             "MultiInference": framed(ps.MultiInference, inference_pb2.MultiInferenceRequest,
-                                     inference_pb2.MultiInferenceResponse, ctx),
-        }),
-        grpc.method_handlers_generic_handler("tensorflow.serving.ModelService", {
+                                     inference_pb2.MultiInferenceResponse),
+        },
+        "tensorflow.serving.ModelService": {
             "GetModelStatus": unary(ms.GetModelStatus, get_model_status_pb2.GetModelStatusRequest,
-                                    get_model_status_pb2.GetModelStatusResponse, ctx),
+                                    get_model_status_pb2.GetModelStatusResponse),
             "HandleReloadConfigRequest": unary(ms.HandleReloadConfigRequest, model_management_pb2.ReloadConfigRequest,
-                                               model_management_pb2.ReloadConfigResponse, ctx),
-        }),
-    ]
+                                               model_management_pb2.ReloadConfigResponse),
+        },
+    }

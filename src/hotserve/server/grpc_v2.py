@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
-
 from hotserve import __version__
 from hotserve.core import control, inference
 from hotserve.protocols import v2
@@ -12,7 +10,7 @@ from hotserve.protos.inference import grpc_service_pb2 as pb
 from hotserve.runtimes.base import get_signature
 from hotserve.server.context import ServerContext
 from hotserve.server.frame import Call
-from hotserve.server.grpc_handlers import KEY_METADATA, framed, unary
+from hotserve.server.grpc_handlers import KEY_METADATA, Method, framed, unary
 
 
 class InferenceService:
@@ -80,11 +78,11 @@ class InferenceService:
         return pb.RepositoryModelUnloadResponse()
 
 
-def handlers(ctx: ServerContext) -> list[grpc.GenericRpcHandler]:
+def services(ctx: ServerContext) -> dict[str, dict[str, Method]]:
     svc = InferenceService(ctx)
     methods = {}
     for name in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
                  "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"):
-        wrap = framed if name == "ModelInfer" else unary
-        methods[name] = wrap(getattr(svc, name), getattr(pb, f"{name}Request"), getattr(pb, f"{name}Response"), ctx)
-    return [grpc.method_handlers_generic_handler("inference.GRPCInferenceService", methods)]
+        kind = framed if name == "ModelInfer" else unary
+        methods[name] = kind(getattr(svc, name), getattr(pb, f"{name}Request"), getattr(pb, f"{name}Response"))
+    return {"inference.GRPCInferenceService": methods}
