@@ -51,6 +51,9 @@ def _flag(parser: argparse.ArgumentParser, name: str, **kw) -> None:
 def _serve_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "port", type=_port, default=8500, metavar="N",
           help="gRPC port (default 8500; 0 picks a free port and prints it): TF Serving's PredictionService and ModelService, KServe V2's GRPCInferenceService, grpc.health.v1")
+    _flag(p, "grpc_frontend", choices=("native", "grpcio"), default="native",
+          help="what serves gRPC on --port: native (default: HTTP/2 parsed on the event loop, a cheap model's call "
+               "answered where it arrives; docs/performance.md) or grpcio (grpc.aio, gRPC's own C-core server)")
     _flag(p, "rest_api_port", type=_port, default=8501, metavar="N",
           help="REST API port (default 8501; 0 picks a free port and prints it)")
     _flag(p, "host", default="0.0.0.0", help="address to listen on (default 0.0.0.0, all interfaces, like TF Serving)")
@@ -351,6 +354,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         rest_api_port=args.rest_api_port,
         grpc_port=args.port,
+        grpc_frontend=args.grpc_frontend,
         rest_api_timeout_seconds=args.rest_api_timeout_in_ms / 1000.0,
         http_limits=Limits(args.rest_api_max_body_bytes, args.rest_api_max_header_bytes, args.rest_api_max_headers,
                            args.rest_api_header_timeout_seconds, args.rest_api_body_timeout_seconds,

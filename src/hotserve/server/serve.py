@@ -21,6 +21,7 @@ from hotserve.protocols import limits, tfserving_rest
 from hotserve.server.admission import AdmissionOptions
 from hotserve.server.context import build_context
 from hotserve.server.dashboard import local_feed
+from hotserve.server.grpc_h2 import H2GrpcServer
 from hotserve.server.grpc_server import GrpcServer
 from hotserve.server.http import HttpServer, Limits
 from hotserve.server.instrument import instrument, worker_state
@@ -38,6 +39,7 @@ class ServeOptions:
     host: str = "0.0.0.0"
     rest_api_port: int = 8501
     grpc_port: int = 8500
+    grpc_frontend: str = "native"  # native (server/grpc_h2.py) | grpcio (grpc.aio)
     rest_api_timeout_seconds: float = 30.0
     reuse_port: bool = False
     worker_id: int | None = None  # set in --num_workers mode
@@ -121,7 +123,8 @@ async def serve(opts: ServeOptions) -> None:
     app = RestApp(ctx)
     rest = HttpServer(app, opts.http_limits, lambda status, message: tfserving_rest.encode_error(message),
                       lambda reason: metrics.limit_rejected("", reason))
-    grpc_server = GrpcServer(ctx, opts.host, opts.grpc_port, reuse_port=opts.reuse_port)
+    grpc_class = H2GrpcServer if opts.grpc_frontend == "native" else GrpcServer
+    grpc_server = grpc_class(ctx, opts.host, opts.grpc_port, reuse_port=opts.reuse_port)
     shutdown = _Shutdown(ctx, app, rest, grpc_server, opts.drain_seconds, member,
                          grace=max(5.0, opts.rest_api_timeout_seconds))
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -201,7 +204,7 @@ class _Shutdown:
     closes its connection), then both front ends stop accepting together and finish what is in
     flight. A second signal cuts the drain short."""
 
-    def __init__(self, ctx, app: RestApp, rest: HttpServer, grpc_server: GrpcServer, drain_seconds: float, member,
+    def __init__(self, ctx, app: RestApp, rest: HttpServer, grpc_server: GrpcServer | H2GrpcServer, drain_seconds: float, member,
                  grace: float) -> None:
         self.ctx = ctx
         self.app = app

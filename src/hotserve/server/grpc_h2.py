@@ -1,0 +1,535 @@
+"""The native gRPC front end: gRPC over HTTP/2 (h2c, prior knowledge) on the event loop,
+serving the same method tables as grpc.aio (server/grpc_handlers.py).
+
+Why: grpc.aio hands every call between gRPC's C-core threads and the event loop, ~47 us of loop
+time a call here before any work, which held gRPC batch 1 at a third of REST. This front end
+parses frames where the bytes arrive and, when the model runs inline (the same rule REST's fast
+path follows), answers a unary call inside `data_received`: no task, no thread hop. Everything
+else (a model that runs in its lane's threads, management calls, health Watch) runs in a task.
+
+What it implements of HTTP/2 (RFC 9113) is what gRPC uses: the preface and SETTINGS, HEADERS +
+CONTINUATION (HPACK decoded by `hpack`), DATA with padding, both directions' flow control,
+PING, RST_STREAM, GOAWAY. It never sends PUSH_PROMISE and ignores PRIORITY. Answers are HPACK
+literals without indexing (no dynamic table on our side). gRPC: unary and server-streaming
+calls, `grpc-timeout`, identity/gzip/deflate request messages, trailers-only errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+import struct
+import time
+import zlib
+from typing import Any
+
+import grpc
+from hpack import Decoder
+from hpack.exceptions import HPACKError
+
+from hotserve.errors import Code, HotserveError
+from hotserve.observability import tracing
+from hotserve.server.context import ServerContext
+from hotserve.server.grpc_handlers import (DEADLINE_FLAG, Method, Outcome, deadline_of, error_outcome, framed_outcome,
+                                           plan_call, run_unary)
+
+log = logging.getLogger("hotserve.grpc")
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
+END_STREAM = ACK = 0x1
+END_HEADERS, PADDED, PRIORITY_FLAG = 0x4, 0x8, 0x20
+NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, CANCEL = 0x0, 0x1, 0x2, 0x3, 0x6, 0x8
+S_HEADER_TABLE_SIZE, S_ENABLE_PUSH, S_MAX_CONCURRENT, S_INITIAL_WINDOW, S_MAX_FRAME, S_MAX_HEADER_LIST = 1, 2, 3, 4, 5, 6
+
+MAX_WINDOW = 2**31 - 1
+MAX_FRAME = 2**24 - 1  # what we accept (the largest HTTP/2 allows): a big tensor arrives in few frames
+DEFAULT_FRAME = 16_384
+MAX_HEADER_BLOCK = 1 << 20  # request headers + metadata, all CONTINUATIONs included
+_HEAD = struct.Struct(">BHBBI")  # length (24 bits as 8 + 16), type, flags, stream id
+_MESSAGE = struct.Struct(">BI")  # gRPC: compressed flag, length
+_CODES = {c.name: c.value[0] for c in grpc.StatusCode}
+_SKIP_METADATA = frozenset(("te", "content-type", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding"))
+_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+def _frame(kind: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
+    n = len(payload)
+    return _HEAD.pack(n >> 16, n & 0xFFFF, kind, flags, sid) + payload
+
+
+def _hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((first | value,))
+    out = [first | limit]
+    value -= limit
+    while value >= 128:
+        out.append((value & 127) | 128)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _literal(name: bytes, value: bytes) -> bytes:
+    """An HPACK literal field without indexing, new name, no Huffman: stateless on both sides."""
+    return b"\x00" + _hpack_int(len(name), 7) + name + _hpack_int(len(value), 7) + value
+
+
+# ":status: 200" (static index 8) and content-type (static name 31) as a literal.
+_RESPONSE_HEADERS = b"\x88" + _hpack_int(31, 4) + _hpack_int(16, 7) + b"application/grpc"
+
+
+def _percent_encoded(message: str) -> bytes:
+    """grpc-message: printable ASCII except '%' as is, everything else %XX of its UTF-8."""
+    raw = message.encode("utf-8", "replace")
+    if all(0x20 <= b <= 0x7E and b != 0x25 for b in raw):
+        return raw
+    return b"".join(bytes((b,)) if 0x20 <= b <= 0x7E and b != 0x25 else b"%%%02X" % b for b in raw)
+
+
+def _ascii(value: str) -> bytes:
+    return value.encode("ascii", "replace")
+
+
+def _status_block(code: str | None, message: str, trailing: tuple) -> bytes:
+    parts = [_literal(b"grpc-status", b"%d" % (_CODES[code] if code else 0))]
+    if message:
+        parts.append(_literal(b"grpc-message", _percent_encoded(message)))
+    for name, value in trailing:
+        parts.append(_literal(name.lower().encode("ascii"), _ascii(str(value))))
+    return b"".join(parts)
+
+
+def parse_timeout(text: str) -> float | None:
+    """grpc-timeout: up to 8 digits and a unit (H M S m u n), in seconds; None when malformed."""
+    if 2 <= len(text) <= 9 and text[:-1].isdigit() and text[-1] in _TIMEOUT_UNITS:
+        return int(text[:-1]) * _TIMEOUT_UNITS[text[-1]]
+    return None
+
+
+class _Stream:
+    __slots__ = ("sid", "headers", "block", "body", "ended", "send_window", "out", "trailers", "task", "reset")
+
+    def __init__(self, sid: int, send_window: int) -> None:
+        self.sid = sid
+        self.headers: list | None = None
+        self.block = bytearray()  # a header block waiting for its CONTINUATIONs
+        self.body = bytearray()
+        self.ended = False
+        self.send_window = send_window
+        self.out = b""  # DATA payload still to send (flow control)
+        self.trailers: bytes | None = None  # sent once `out` is empty
+        self.task: asyncio.Task | None = None
+        self.reset = False
+
+
+class _ProtocolError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: "H2GrpcServer") -> None:
+        self.server = server
+        self.ctx = server.ctx
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.preface = False
+        self.decoder = Decoder()
+        self.decoder.max_header_list_size = MAX_HEADER_BLOCK
+        self.blocks: dict[bytes, tuple[int, list]] = {}  # header block -> (table state, headers): _decode
+        self.table_state = 0
+        self.streams: dict[int, _Stream] = {}
+        self.last_sid = 0
+        self.continuing: _Stream | None = None  # a header block is open: only CONTINUATION may follow
+        self.peer_window = 65_535  # the peer's initial stream window (its SETTINGS)
+        self.peer_frame = DEFAULT_FRAME
+        self.conn_send = 65_535
+        self.received = 0  # DATA bytes since we last opened the connection's receive window again
+        self.goaway = False
+        self.closed = False
+
+    # -- connection ----------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server.connections.add(self)
+        settings = struct.pack(">HIHIHI", S_ENABLE_PUSH, 0, S_INITIAL_WINDOW, MAX_WINDOW, S_MAX_FRAME, MAX_FRAME)
+        self.transport.write(_frame(SETTINGS, 0, 0, settings) + _frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", MAX_WINDOW - 65_535)))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        for st in self.streams.values():
+            st.reset = True
+            if st.task is not None:
+                st.task.cancel()
+        self.streams.clear()
+        self.server.idle.set()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        try:
+            if not self.preface:
+                if len(buf) < len(PREFACE):
+                    if not PREFACE.startswith(bytes(buf)):
+                        raise _ProtocolError(PROTOCOL_ERROR, "not an HTTP/2 connection preface (gRPC needs h2c)")
+                    return
+                if buf[:len(PREFACE)] != PREFACE:
+                    raise _ProtocolError(PROTOCOL_ERROR, "not an HTTP/2 connection preface (gRPC needs h2c)")
+                del buf[:len(PREFACE)]
+                self.preface = True
+            pos, end = 0, len(buf)
+            while end - pos >= 9:
+                hi, lo, kind, flags, sid = _HEAD.unpack_from(buf, pos)
+                length = (hi << 16) | lo
+                if length > MAX_FRAME:
+                    raise _ProtocolError(FRAME_SIZE_ERROR, f"frame of {length} bytes exceeds {MAX_FRAME}")
+                if end - pos - 9 < length:
+                    break
+                payload = bytes(buf[pos + 9:pos + 9 + length])
+                pos += 9 + length
+                self._frame(kind, flags, sid & 0x7FFF_FFFF, payload)
+                if self.closed:
+                    return
+            del buf[:pos]
+        except _ProtocolError as exc:
+            self._fail(exc.code, str(exc))
+        except HPACKError as exc:
+            self._fail(0x9, f"header block: {exc}")  # COMPRESSION_ERROR
+
+    def _fail(self, code: int, message: str) -> None:
+        log.info("gRPC connection closed: %s", message)
+        if self.transport is not None and not self.closed:
+            self.transport.write(_frame(GOAWAY, 0, 0, struct.pack(">II", self.last_sid, code) + message.encode()[:200]))
+            self.transport.close()
+        self.closed = True
+
+    def _frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
+        if self.continuing is not None and kind != CONTINUATION:
+            raise _ProtocolError(PROTOCOL_ERROR, "a header block was interrupted")
+        if kind == DATA:
+            self._data(flags, sid, payload)
+        elif kind == HEADERS:
+            self._headers(flags, sid, payload)
+        elif kind == CONTINUATION:
+            st = self.continuing
+            if st is None or st.sid != sid:
+                raise _ProtocolError(PROTOCOL_ERROR, "CONTINUATION without its HEADERS")
+            self._block(st, payload, flags)
+        elif kind == SETTINGS:
+            if not flags & ACK:
+                self._settings(payload)
+        elif kind == WINDOW_UPDATE:
+            if len(payload) != 4:
+                raise _ProtocolError(FRAME_SIZE_ERROR, "WINDOW_UPDATE of a wrong size")
+            inc = struct.unpack(">I", payload)[0] & 0x7FFF_FFFF
+            if sid == 0:
+                self.conn_send += inc
+                for st in list(self.streams.values()):
+                    self._pump(st)
+            else:
+                st = self.streams.get(sid)
+                if st is not None:
+                    st.send_window += inc
+                    self._pump(st)
+        elif kind == PING:
+            if not flags & ACK:
+                self.transport.write(_frame(PING, ACK, 0, payload))
+        elif kind == RST_STREAM:
+            st = self.streams.pop(sid, None)
+            if st is not None:
+                st.reset = True
+                if st.task is not None:
+                    st.task.cancel()
+        elif kind == GOAWAY:
+            self.goaway = True
+            if not self.streams and self.transport is not None:
+                self.transport.close()
+        # PRIORITY, PUSH_PROMISE (a client never sends it) and unknown types are ignored.
+
+    def _settings(self, payload: bytes) -> None:
+        if len(payload) % 6:
+            raise _ProtocolError(FRAME_SIZE_ERROR, "SETTINGS of a wrong size")
+        for i in range(0, len(payload), 6):
+            key, value = struct.unpack_from(">HI", payload, i)
+            if key == S_INITIAL_WINDOW:
+                if value > MAX_WINDOW:
+                    raise _ProtocolError(FLOW_CONTROL_ERROR, "initial window too large")
+                delta, self.peer_window = value - self.peer_window, value
+                for st in self.streams.values():
+                    st.send_window += delta
+            elif key == S_MAX_FRAME:
+                self.peer_frame = value
+            elif key == S_HEADER_TABLE_SIZE:
+                pass  # we never index what we send
+        self.transport.write(_frame(SETTINGS, ACK, 0))
+        for st in list(self.streams.values()):
+            self._pump(st)
+
+    def _headers(self, flags: int, sid: int, payload: bytes) -> None:
+        if flags & PADDED:
+            pad = payload[0]
+            payload = payload[1:len(payload) - pad]
+        if flags & PRIORITY_FLAG:
+            payload = payload[5:]
+        st = self.streams.get(sid)
+        if st is None:
+            if sid % 2 == 0 or sid <= self.last_sid:
+                raise _ProtocolError(PROTOCOL_ERROR, f"stream {sid}: a client opens odd, increasing stream ids")
+            self.last_sid = sid
+            st = self.streams[sid] = _Stream(sid, self.peer_window)
+        if flags & END_STREAM:
+            st.ended = True
+        self._block(st, payload, flags)
+
+    def _block(self, st: _Stream, fragment: bytes, flags: int) -> None:
+        if flags & END_HEADERS and not st.block:
+            block = fragment
+        else:
+            st.block += fragment
+            if len(st.block) > MAX_HEADER_BLOCK:
+                raise _ProtocolError(PROTOCOL_ERROR, f"header block over {MAX_HEADER_BLOCK} bytes")
+            if not flags & END_HEADERS:
+                self.continuing = st
+                return
+            block, st.block = bytes(st.block), bytearray()
+        self.continuing = None
+        headers = self._decode(block)
+        if st.headers is None:
+            st.headers = headers
+        if st.ended:
+            self._call(st)
+
+    def _decode(self, block: bytes) -> list:
+        """HPACK-decode a header block. A client repeats the same block call after call (the same
+        method, metadata and indexed entries): a block that left the dynamic table as it was
+        decodes the same while the table stays the same, so it is kept per table state (`hpack`
+        is pure Python: decoding was a tenth of a call)."""
+        hit = self.blocks.get(block)
+        if hit is not None and hit[0] == self.table_state:
+            return hit[1]
+        table = self.decoder.header_table
+        before = (len(table.dynamic_entries), table.dynamic_entries[0] if table.dynamic_entries else None, table.maxsize)
+        headers = self.decoder.decode(block)
+        if (len(table.dynamic_entries), table.dynamic_entries[0] if table.dynamic_entries else None,
+                table.maxsize) != before:
+            self.table_state += 1  # entries moved: every block kept so far may now mean something else
+            self.blocks.clear()
+        elif len(self.blocks) < 64:
+            self.blocks[block] = (self.table_state, headers)
+        return headers
+
+    def _data(self, flags: int, sid: int, payload: bytes) -> None:
+        self.received += len(payload)
+        if self.received > MAX_WINDOW // 2:
+            self.transport.write(_frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", self.received)))
+            self.received = 0
+        if flags & PADDED:
+            pad = payload[0]
+            payload = payload[1:len(payload) - pad]
+        st = self.streams.get(sid)
+        if st is None or st.ended:
+            return  # a stream we reset or finished: its flow-controlled bytes are counted above
+        st.body += payload
+        if flags & END_STREAM:
+            st.ended = True
+            self._call(st)
+
+    # -- calls ---------------------------------------------------------------------------------
+    def _call(self, st: _Stream) -> None:
+        path = None
+        meta: dict[str, str] = {}
+        timeout = None
+        encoding = "identity"
+        for name, value in st.headers or ():
+            if name[0] == ":":
+                if name == ":path":
+                    path = value
+            elif name == "grpc-timeout":
+                timeout = parse_timeout(value)
+            elif name == "grpc-encoding":
+                encoding = value
+            elif name not in _SKIP_METADATA:
+                meta[name] = value
+        received = time.monotonic()
+        m = self.server.methods.get(path)
+        if m is None:
+            return self._answer(st, Outcome(code="UNIMPLEMENTED", message=f"method {path} is not served here"), None)
+        try:
+            request = self._message(st.body, encoding, m)
+        except HotserveError as exc:
+            return self._answer(st, Outcome(code=exc.code.value, message=exc.message), m)
+        size = len(st.body)
+        st.body = bytearray()
+        if m.kind == "framed":
+            planned = plan_call(self.ctx, m, request, meta, size)
+            if isinstance(planned, Outcome):
+                return self._answer(st, planned, m)
+            call = planned[0]
+            mm = self.ctx.manager.models.get(call.model)
+            if not tracing.ENABLED and (mm is None or mm.runs_inline(call.size)):
+                # A measured-cheap model and a small request: answered here, as REST's fast path does.
+                return self._answer(st, framed_outcome(self.ctx.frame.run_sync(*planned)), m)
+            st.task = asyncio.ensure_future(self._framed(st, m, planned, timeout, received))
+        elif m.kind == "unary":
+            st.task = asyncio.ensure_future(self._unary(st, m, request, meta))
+        else:
+            st.task = asyncio.ensure_future(self._stream(st, m, request, meta))
+
+    def _message(self, body: bytearray, encoding: str, m: Method) -> Any:
+        if len(body) < 5:
+            raise HotserveError("the call carries no gRPC message", Code.INTERNAL)
+        flag, n = _MESSAGE.unpack_from(body, 0)
+        if len(body) != 5 + n:
+            raise HotserveError(f"expected one gRPC message of {n} bytes, got {len(body) - 5} bytes", Code.INTERNAL)
+        payload = bytes(body[5:])
+        if flag:
+            try:
+                if encoding == "gzip":
+                    payload = gzip.decompress(payload)
+                elif encoding == "deflate":
+                    payload = zlib.decompress(payload)
+                else:
+                    raise HotserveError(f"grpc-encoding {encoding!r} is not supported; send identity, gzip or deflate",
+                                        Code.UNIMPLEMENTED)
+            except (OSError, zlib.error, EOFError) as exc:
+                raise HotserveError(f"the compressed ({encoding}) message does not decompress: {exc}",
+                                    Code.INTERNAL) from None
+        try:
+            return m.req_cls.FromString(payload)
+        except Exception as exc:
+            raise HotserveError(f"the request is not a {m.req_cls.DESCRIPTOR.full_name}: {exc}",
+                                Code.INTERNAL) from None
+
+    async def _framed(self, st: _Stream, m: Method, planned, timeout: float | None, received: float) -> None:
+        remaining = None if timeout is None else timeout - (time.monotonic() - received)
+        done = await self.ctx.frame.run(*planned, deadline_of(self.ctx, remaining), DEADLINE_FLAG)
+        self._answer(st, framed_outcome(done), m)
+
+    async def _unary(self, st: _Stream, m: Method, request: Any, meta: dict) -> None:
+        self._answer(st, await run_unary(self.ctx, m, request, meta), m)
+
+    async def _stream(self, st: _Stream, m: Method, request: Any, meta: dict) -> None:
+        self.transport.write(self._header_frames(st.sid, _RESPONSE_HEADERS, False))
+        out = Outcome()
+        try:
+            async for resp in m.fn(request, meta):
+                msg = resp.SerializeToString()
+                st.out += _MESSAGE.pack(0, len(msg)) + msg
+                self._pump(st)
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:
+            out = error_outcome(exc, m.fn)
+        st.trailers = _status_block(out.code, out.message, out.trailing)
+        self._pump(st)
+
+    def _answer(self, st: _Stream, out: Outcome, m: Method | None) -> None:
+        if st.reset or self.closed:
+            return
+        if out.code is None:
+            msg = out.value.SerializeToString()
+            st.out = _MESSAGE.pack(0, len(msg)) + msg
+            st.trailers = _status_block(None, "", out.trailing)
+            head = self._header_frames(st.sid, _RESPONSE_HEADERS, False)
+            if len(st.out) <= min(st.send_window, self.conn_send, self.peer_frame):  # all of it, one write
+                n = len(st.out)
+                st.send_window -= n
+                self.conn_send -= n
+                self.transport.write(head + _frame(DATA, 0, st.sid, st.out)
+                                     + self._header_frames(st.sid, st.trailers, True))
+                self._finish(st)
+                return
+            self.transport.write(head)
+            self._pump(st)
+            return
+        # Trailers-only: an error is one HEADERS frame that ends the stream.
+        block = _RESPONSE_HEADERS + _status_block(out.code, out.message, out.trailing)
+        self.transport.write(self._header_frames(st.sid, block, True))
+        self._finish(st)
+
+    def _header_frames(self, sid: int, block: bytes, end_stream: bool) -> bytes:
+        flags = END_STREAM if end_stream else 0
+        limit = self.peer_frame
+        if len(block) <= limit:
+            return _frame(HEADERS, flags | END_HEADERS, sid, block)
+        parts = [_frame(HEADERS, flags, sid, block[:limit])]
+        for i in range(limit, len(block), limit):
+            last = i + limit >= len(block)
+            parts.append(_frame(CONTINUATION, END_HEADERS if last else 0, sid, block[i:i + limit]))
+        return b"".join(parts)
+
+    def _pump(self, st: _Stream) -> None:
+        """Send what flow control allows of the stream's DATA, then its trailers."""
+        if st.reset or self.closed:
+            return
+        while st.out:
+            n = min(len(st.out), st.send_window, self.conn_send, self.peer_frame)
+            if n <= 0:
+                return  # a WINDOW_UPDATE or SETTINGS calls this again
+            self.transport.write(_frame(DATA, 0, st.sid, st.out[:n]))
+            st.out = st.out[n:]
+            st.send_window -= n
+            self.conn_send -= n
+        if st.trailers is not None:
+            self.transport.write(self._header_frames(st.sid, st.trailers, True))
+            st.trailers = None
+            self._finish(st)
+
+    def _finish(self, st: _Stream) -> None:
+        self.streams.pop(st.sid, None)
+        if not self.streams:
+            self.server.idle.set()
+            if self.goaway and self.transport is not None:
+                self.transport.close()
+
+
+class H2GrpcServer:
+    """The native gRPC server: start() binds and returns the port, stop(grace) lets calls in
+    flight finish (GOAWAY to every connection), then closes."""
+
+    def __init__(self, ctx: ServerContext, host: str, port: int, reuse_port: bool = False,
+                 services: dict[str, dict[str, Method]] | None = None) -> None:
+        from hotserve.server.grpc_server import services as all_services
+
+        self.ctx = ctx
+        self.host = host
+        self.port = port
+        self.reuse_port = reuse_port
+        self.methods = {f"/{service}/{name}": m
+                        for service, methods in (services or all_services(ctx)).items() for name, m in methods.items()}
+        self.connections: set[_Connection] = set()
+        self.idle = asyncio.Event()
+        self.server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: _Connection(self), self.host, self.port,
+                                               reuse_port=self.reuse_port or None, backlog=1024)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self.server is None:
+            return
+        self.server.close()
+        for conn in list(self.connections):
+            conn.goaway = True
+            if conn.transport is not None and not conn.closed:
+                conn.transport.write(_frame(GOAWAY, 0, 0, struct.pack(">II", conn.last_sid, NO_ERROR)))
+                if not conn.streams:
+                    conn.transport.close()
+        deadline = time.monotonic() + grace
+        while any(c.streams for c in self.connections) and time.monotonic() < deadline:
+            self.idle.clear()
+            try:
+                await asyncio.wait_for(self.idle.wait(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                break
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        await self.server.wait_closed()
