@@ -52,7 +52,7 @@ def encode_predict(model: str, version: int, signature_name: str, outputs: dict[
     resp = predict_pb2.PredictResponse()
     fill_spec(resp.model_spec, model, version, signature_name)
     for name, arr in outputs.items():
-        resp.outputs[name].CopyFrom(tensors.from_numpy(arr))
+        tensors.from_numpy(arr, out=resp.outputs[name])
     return resp
 
 

@@ -11,6 +11,7 @@ rest of the server does not serve but a TensorProto may still carry (complex, bf
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -71,6 +72,7 @@ _FIELD_NUMPY: dict[str, np.dtype] = {
 }
 
 
+@functools.lru_cache(maxsize=256)
 def _enum_name(enum: int) -> str:
     try:
         return types_pb2.DataType.Name(enum)
@@ -98,8 +100,22 @@ def dtype_from_enum(enum: int) -> np.dtype:
     raise ValueError(f"unsupported tensor dtype {_enum_name(enum)}")
 
 
+_ENUMS: dict = {}  # dtype -> enum, for every dtype seen: a response pays one dict lookup
+
+
 def enum_from_dtype(dtype: np.dtype | type) -> int:
     """tensorflow.DataType value for a numpy dtype; str/bytes/object count as DT_STRING."""
+    try:
+        return _ENUMS[dtype]
+    except KeyError:
+        pass
+    enum = _enum_from_dtype(dtype)  # raises (and keeps nothing) for an unsupported type
+    if len(_ENUMS) < 256:  # string dtypes differ by length ('<U3', '<U7'): bounded
+        _ENUMS[dtype] = enum
+    return enum
+
+
+def _enum_from_dtype(dtype: np.dtype | type) -> int:
     dtype = np.dtype(dtype)
     if dtype.byteorder not in ("=", "|"):  # '>f4' must find the same entry as 'float32'
         dtype = dtype.newbyteorder("=")
@@ -108,6 +124,11 @@ def enum_from_dtype(dtype: np.dtype | type) -> int:
     if dtype.name == "bfloat16":  # ml_dtypes' type; matched by name to avoid importing it
         return DT_BFLOAT16
     return dtypes.from_numpy(dtype).tf_enum
+
+
+@functools.lru_cache(maxsize=256)
+def _little_endian(dtype: np.dtype) -> np.dtype:
+    return dtype.newbyteorder("<")
 
 
 def _shape(tp: Any) -> tuple[int, ...]:
@@ -151,7 +172,7 @@ def to_numpy(tp: Any, budget: Any = None) -> np.ndarray:
             raise ValueError(
                 f"tensor_content holds {len(content)} bytes but shape {list(shape)} of {name} needs {needed}"
             )
-        return np.frombuffer(content, dtype=np_dtype.newbyteorder("<")).reshape(shape)
+        return np.frombuffer(content, dtype=_little_endian(np_dtype)).reshape(shape)
 
     if field is None:
         raise ValueError(f"{name} tensors must use tensor_content; it is empty")
