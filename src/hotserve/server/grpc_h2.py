@@ -10,7 +10,7 @@ else (a model that runs in its lane's threads, management calls, health Watch) r
 What it implements of HTTP/2 (RFC 9113) is what gRPC uses: the preface and SETTINGS, HEADERS +
 CONTINUATION (HPACK decoded by `hpack`), DATA with padding, both directions' flow control,
 PING, RST_STREAM, GOAWAY. It never sends PUSH_PROMISE and ignores PRIORITY. Answers are HPACK
-literals without indexing (no dynamic table on our side). gRPC: unary and server-streaming
+encoded by a small HPACK encoder that indexes only the fields every answer repeats. gRPC: unary and server-streaming
 calls, `grpc-timeout`, identity/gzip/deflate request messages, trailers-only errors.
 """
 
@@ -77,10 +77,6 @@ def _literal(name: bytes, value: bytes) -> bytes:
     return b"\x00" + _hpack_int(len(name), 7) + name + _hpack_int(len(value), 7) + value
 
 
-# ":status: 200" (static index 8) and content-type (static name 31) as a literal.
-_RESPONSE_HEADERS = b"\x88" + _hpack_int(31, 4) + _hpack_int(16, 7) + b"application/grpc"
-
-
 def _percent_encoded(message: str) -> bytes:
     """grpc-message: printable ASCII except '%' as is, everything else %XX of its UTF-8."""
     raw = message.encode("utf-8", "replace")
@@ -93,13 +89,73 @@ def _ascii(value: str) -> bytes:
     return value.encode("ascii", "replace")
 
 
-def _status_block(code: str | None, message: str, trailing: tuple) -> bytes:
-    parts = [_literal(b"grpc-status", b"%d" % (_CODES[code] if code else 0))]
-    if message:
-        parts.append(_literal(b"grpc-message", _percent_encoded(message)))
-    for name, value in trailing:
-        parts.append(_literal(name.lower().encode("ascii"), _ascii(str(value))))
-    return b"".join(parts)
+_CONTENT_TYPE = (b"content-type", b"application/grpc")
+_INDEXED_TRAILERS = frozenset((b"x-model-version", b"x-model-revision"))  # repeat call after call
+
+
+class _Encoder:
+    """HPACK for what we send: the fields every answer repeats (content-type, grpc-status 0, the
+    version's metadata) go into the dynamic table once and are one byte after that, which is
+    less for the client to read; everything else (ids, messages) is a literal, never indexed.
+    A block must be sent in the order it was encoded: callers encode at send time."""
+
+    DEFAULT = 4096
+
+    def __init__(self) -> None:
+        self.index: dict[tuple[bytes, bytes], int] = {}  # field -> its insertion number
+        self.order: list[tuple[bytes, bytes]] = []  # oldest first (evicted from the front)
+        self.inserted = 0
+        self.size = 0
+        self.max = self.DEFAULT
+        self.resize: int | None = None  # a table size update owed at the start of the next block
+
+    def peer_table_size(self, value: int) -> None:
+        new = min(value, self.DEFAULT)
+        if new != self.max:
+            self.max = new
+            self.resize = new
+            self._evict(0)
+
+    def _evict(self, room: int) -> None:
+        while self.order and self.size + room > self.max:
+            old = self.order.pop(0)
+            self.size -= 32 + len(old[0]) + len(old[1])
+            del self.index[old]
+
+    def field(self, name: bytes, value: bytes, indexed: bool) -> bytes:
+        if not indexed:
+            return _literal(name, value)
+        key = (name, value)
+        n = self.index.get(key)
+        if n is not None:
+            return _hpack_int(62 + self.inserted - n, 7, 0x80)  # the newest entry is 62
+        size = 32 + len(name) + len(value)
+        if size > self.max:
+            return _literal(name, value)
+        self._evict(size)
+        self.inserted += 1
+        self.index[key] = self.inserted
+        self.order.append(key)
+        self.size += size
+        return b"\x40" + _hpack_int(len(name), 7) + name + _hpack_int(len(value), 7) + value
+
+    def _start(self) -> bytes:
+        if self.resize is None:
+            return b""
+        update, self.resize = _hpack_int(self.resize, 5, 0x20), None
+        return update
+
+    def headers(self) -> bytes:
+        return self._start() + b"\x88" + self.field(*_CONTENT_TYPE, True)  # :status 200 is static entry 8
+
+    def status(self, code: str | None, message: str, trailing: tuple, start: bool = True) -> bytes:
+        parts = [self._start() if start else b"", self.field(b"grpc-status", b"%d" % (_CODES[code] if code else 0), True)]
+        if message:
+            parts.append(self.field(b"grpc-message", _percent_encoded(message), False))
+        for name, value in trailing:
+            name = name.lower().encode("ascii")
+            parts.append(self.field(name, _ascii(str(value)), name in _INDEXED_TRAILERS))
+        return b"".join(parts)
 
 
 def parse_timeout(text: str) -> float | None:
@@ -120,7 +176,7 @@ class _Stream:
         self.ended = False
         self.send_window = send_window
         self.out = b""  # DATA payload still to send (flow control)
-        self.trailers: bytes | None = None  # sent once `out` is empty
+        self.trailers: tuple | None = None  # (code, message, metadata): sent (and encoded) once `out` is empty
         self.task: asyncio.Task | None = None
         self.reset = False
 
@@ -142,6 +198,7 @@ class _Connection(asyncio.Protocol):
         self.decoder.max_header_list_size = MAX_HEADER_BLOCK
         self.blocks: dict[bytes, tuple[int, list]] = {}  # header block -> (table state, headers): _decode
         self.table_state = 0
+        self.enc = _Encoder()
         self.streams: dict[int, _Stream] = {}
         self.last_sid = 0
         self.continuing: _Stream | None = None  # a header block is open: only CONTINUATION may follow
@@ -265,7 +322,7 @@ class _Connection(asyncio.Protocol):
             elif key == S_MAX_FRAME:
                 self.peer_frame = value
             elif key == S_HEADER_TABLE_SIZE:
-                pass  # we never index what we send
+                self.enc.peer_table_size(value)
         self.transport.write(_frame(SETTINGS, ACK, 0))
         for st in list(self.streams.values()):
             self._pump(st)
@@ -414,7 +471,7 @@ class _Connection(asyncio.Protocol):
         self._answer(st, await run_unary(self.ctx, m, request, meta), m)
 
     async def _stream(self, st: _Stream, m: Method, request: Any, meta: dict) -> None:
-        self.transport.write(self._header_frames(st.sid, _RESPONSE_HEADERS, False))
+        self.transport.write(self._header_frames(st.sid, self.enc.headers(), False))
         out = Outcome()
         try:
             async for resp in m.fn(request, meta):
@@ -425,7 +482,7 @@ class _Connection(asyncio.Protocol):
             return
         except Exception as exc:
             out = error_outcome(exc, m.fn)
-        st.trailers = _status_block(out.code, out.message, out.trailing)
+        st.trailers = (out.code, out.message, out.trailing)
         self._pump(st)
 
     def _answer(self, st: _Stream, out: Outcome, m: Method | None) -> None:
@@ -434,21 +491,21 @@ class _Connection(asyncio.Protocol):
         if out.code is None:
             msg = out.value.SerializeToString()
             st.out = _MESSAGE.pack(0, len(msg)) + msg
-            st.trailers = _status_block(None, "", out.trailing)
-            head = self._header_frames(st.sid, _RESPONSE_HEADERS, False)
+            st.trailers = (None, "", out.trailing)
+            head = self._header_frames(st.sid, self.enc.headers(), False)
             if len(st.out) <= min(st.send_window, self.conn_send, self.peer_frame):  # all of it, one write
                 n = len(st.out)
                 st.send_window -= n
                 self.conn_send -= n
                 self.transport.write(head + _frame(DATA, 0, st.sid, st.out)
-                                     + self._header_frames(st.sid, st.trailers, True))
+                                     + self._header_frames(st.sid, self.enc.status(*st.trailers), True))
                 self._finish(st)
                 return
             self.transport.write(head)
             self._pump(st)
             return
         # Trailers-only: an error is one HEADERS frame that ends the stream.
-        block = _RESPONSE_HEADERS + _status_block(out.code, out.message, out.trailing)
+        block = self.enc.headers() + self.enc.status(out.code, out.message, out.trailing, start=False)
         self.transport.write(self._header_frames(st.sid, block, True))
         self._finish(st)
 
@@ -476,7 +533,7 @@ class _Connection(asyncio.Protocol):
             st.send_window -= n
             self.conn_send -= n
         if st.trailers is not None:
-            self.transport.write(self._header_frames(st.sid, st.trailers, True))
+            self.transport.write(self._header_frames(st.sid, self.enc.status(*st.trailers), True))
             st.trailers = None
             self._finish(st)
 
