@@ -108,6 +108,7 @@ class _Encoder:
         self.size = 0
         self.max = self.DEFAULT
         self.resize: int | None = None  # a table size update owed at the start of the next block
+        self.kept: dict[tuple, bytes] = {}  # (fields, table state) -> block: _kept
 
     def peer_table_size(self, value: int) -> None:
         new = min(value, self.DEFAULT)
@@ -146,9 +147,32 @@ class _Encoder:
         return update
 
     def headers(self) -> bytes:
-        return self._start() + b"\x88" + self.field(*_CONTENT_TYPE, True)  # :status 200 is static entry 8
+        return self._kept(("headers",), self._headers)
 
     def status(self, code: str | None, message: str, trailing: tuple, start: bool = True) -> bytes:
+        return self._kept((code, message, trailing, start), lambda: self._status(code, message, trailing, start))
+
+    def _kept(self, key: tuple, encode) -> bytes:
+        """A block is a function of its fields and the table: kept until the table changes, as
+        answers of one version repeat the same blocks."""
+        key += (self.inserted, self.max)
+        if self.resize is not None:
+            return encode()  # starts with the size update, once
+        block = self.kept.get(key)
+        if block is not None:
+            return block
+        before = (self.inserted, self.max)
+        block = encode()
+        if (self.inserted, self.max) == before:
+            if len(self.kept) >= 256:
+                self.kept.clear()
+            self.kept[key] = block
+        return block
+
+    def _headers(self) -> bytes:
+        return self._start() + b"\x88" + self.field(*_CONTENT_TYPE, True)  # :status 200 is static entry 8
+
+    def _status(self, code: str | None, message: str, trailing: tuple, start: bool) -> bytes:
         parts = [self._start() if start else b"", self.field(b"grpc-status", b"%d" % (_CODES[code] if code else 0), True)]
         if message:
             parts.append(self.field(b"grpc-message", _percent_encoded(message), False))
@@ -165,14 +189,33 @@ def parse_timeout(text: str) -> float | None:
     return None
 
 
+def _parsed(headers: list) -> tuple:
+    """(path, metadata, timeout, encoding) of a request's headers."""
+    path = None
+    meta: dict[str, str] = {}
+    timeout = None
+    encoding = "identity"
+    for name, value in headers:
+        if name[0] == ":":
+            if name == ":path":
+                path = value
+        elif name == "grpc-timeout":
+            timeout = parse_timeout(value)
+        elif name == "grpc-encoding":
+            encoding = value
+        elif name not in _SKIP_METADATA:
+            meta[name] = value
+    return path, meta, timeout, encoding
+
+
 class _Stream:
     __slots__ = ("sid", "headers", "block", "body", "ended", "send_window", "out", "trailers", "task", "reset")
 
     def __init__(self, sid: int, send_window: int) -> None:
         self.sid = sid
-        self.headers: list | None = None
+        self.headers: tuple | None = None  # (path, metadata, timeout, encoding): _parsed
         self.block = bytearray()  # a header block waiting for its CONTINUATIONs
-        self.body = bytearray()
+        self.body: list[bytes] = []  # DATA payloads
         self.ended = False
         self.send_window = send_window
         self.out = b""  # DATA payload still to send (flow control)
@@ -355,30 +398,31 @@ class _Connection(asyncio.Protocol):
                 return
             block, st.block = bytes(st.block), bytearray()
         self.continuing = None
-        headers = self._decode(block)
+        parsed = self._decode(block)
         if st.headers is None:
-            st.headers = headers
+            st.headers = parsed
         if st.ended:
             self._call(st)
 
-    def _decode(self, block: bytes) -> list:
-        """HPACK-decode a header block. A client repeats the same block call after call (the same
-        method, metadata and indexed entries): a block that left the dynamic table as it was
-        decodes the same while the table stays the same, so it is kept per table state (`hpack`
-        is pure Python: decoding was a tenth of a call)."""
+    def _decode(self, block: bytes) -> tuple:
+        """HPACK-decode a header block into (path, metadata, timeout, encoding). A client repeats
+        the same block call after call (the same method, metadata and indexed entries): a block
+        that left the dynamic table as it was decodes the same while the table stays the same,
+        so its result is kept per table state (`hpack` is pure Python: decoding every block was
+        a tenth of a call). The metadata dict is shared by those calls: handlers only read it."""
         hit = self.blocks.get(block)
         if hit is not None and hit[0] == self.table_state:
             return hit[1]
         table = self.decoder.header_table
         before = (len(table.dynamic_entries), table.dynamic_entries[0] if table.dynamic_entries else None, table.maxsize)
-        headers = self.decoder.decode(block)
+        parsed = _parsed(self.decoder.decode(block))
         if (len(table.dynamic_entries), table.dynamic_entries[0] if table.dynamic_entries else None,
                 table.maxsize) != before:
             self.table_state += 1  # entries moved: every block kept so far may now mean something else
             self.blocks.clear()
         elif len(self.blocks) < 64:
-            self.blocks[block] = (self.table_state, headers)
-        return headers
+            self.blocks[block] = (self.table_state, parsed)
+        return parsed
 
     def _data(self, flags: int, sid: int, payload: bytes) -> None:
         self.received += len(payload)
@@ -391,37 +435,25 @@ class _Connection(asyncio.Protocol):
         st = self.streams.get(sid)
         if st is None or st.ended:
             return  # a stream we reset or finished: its flow-controlled bytes are counted above
-        st.body += payload
+        st.body.append(payload)
         if flags & END_STREAM:
             st.ended = True
             self._call(st)
 
     # -- calls ---------------------------------------------------------------------------------
     def _call(self, st: _Stream) -> None:
-        path = None
-        meta: dict[str, str] = {}
-        timeout = None
-        encoding = "identity"
-        for name, value in st.headers or ():
-            if name[0] == ":":
-                if name == ":path":
-                    path = value
-            elif name == "grpc-timeout":
-                timeout = parse_timeout(value)
-            elif name == "grpc-encoding":
-                encoding = value
-            elif name not in _SKIP_METADATA:
-                meta[name] = value
+        path, meta, timeout, encoding = st.headers or (None, {}, None, "identity")
         received = time.monotonic()
         m = self.server.methods.get(path)
         if m is None:
             return self._answer(st, Outcome(code="UNIMPLEMENTED", message=f"method {path} is not served here"), None)
+        body = st.body[0] if len(st.body) == 1 else b"".join(st.body)
+        st.body = []
         try:
-            request = self._message(st.body, encoding, m)
+            request = self._message(body, encoding, m)
         except HotserveError as exc:
             return self._answer(st, Outcome(code=exc.code.value, message=exc.message), m)
-        size = len(st.body)
-        st.body = bytearray()
+        size = len(body)
         if m.kind == "framed":
             planned = plan_call(self.ctx, m, request, meta, size)
             if isinstance(planned, Outcome):
@@ -437,13 +469,13 @@ class _Connection(asyncio.Protocol):
         else:
             st.task = asyncio.ensure_future(self._stream(st, m, request, meta))
 
-    def _message(self, body: bytearray, encoding: str, m: Method) -> Any:
+    def _message(self, body: bytes, encoding: str, m: Method) -> Any:
         if len(body) < 5:
             raise HotserveError("the call carries no gRPC message", Code.INTERNAL)
         flag, n = _MESSAGE.unpack_from(body, 0)
         if len(body) != 5 + n:
             raise HotserveError(f"expected one gRPC message of {n} bytes, got {len(body) - 5} bytes", Code.INTERNAL)
-        payload = bytes(body[5:])
+        payload = memoryview(body)[5:]
         if flag:
             try:
                 if encoding == "gzip":
