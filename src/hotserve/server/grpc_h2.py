@@ -24,7 +24,6 @@ import time
 import zlib
 from typing import Any
 
-import grpc
 from hpack import Decoder
 from hpack.exceptions import HPACKError
 
@@ -49,7 +48,10 @@ DEFAULT_FRAME = 16_384
 MAX_HEADER_BLOCK = 1 << 20  # request headers + metadata, all CONTINUATIONs included
 _HEAD = struct.Struct(">BHBBI")  # length (24 bits as 8 + 16), type, flags, stream id
 _MESSAGE = struct.Struct(">BI")  # gRPC: compressed flag, length
-_CODES = {c.name: c.value[0] for c in grpc.StatusCode}
+_CODES = {name: i for i, name in enumerate((  # gRPC's status codes, by the names grpc.StatusCode uses
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED",
+    "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"))}
 _SKIP_METADATA = frozenset(("te", "content-type", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding"))
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
@@ -583,7 +585,7 @@ class H2GrpcServer:
 
     def __init__(self, ctx: ServerContext, host: str, port: int, reuse_port: bool = False,
                  services: dict[str, dict[str, Method]] | None = None) -> None:
-        from hotserve.server.grpc_server import services as all_services
+        from hotserve.server.grpc_services import services as all_services
 
         self.ctx = ctx
         self.host = host

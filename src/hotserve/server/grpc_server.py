@@ -1,5 +1,6 @@
-"""The gRPC front end (grpc.aio) on --port: TF Serving's PredictionService and ModelService,
-KServe V2's GRPCInferenceService, and grpc.health.v1.
+"""The grpcio front end (--grpc_frontend grpcio): grpc.aio on --port, serving the method tables of
+server/grpc_services.py (TF Serving's PredictionService and ModelService, KServe V2's
+GRPCInferenceService, grpc.health.v1) through an adapter.
 
 Model RPCs go through the same request frame as REST (server/frame.py), so a hot swap looks
 the same on every protocol.
@@ -7,17 +8,15 @@ the same on every protocol.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import Callable
 
 import grpc
 
-from hotserve.core.manager import Manager
-from hotserve.server import grpc_tfserving, grpc_v2
-from hotserve.errors import NotFound
+from hotserve.errors import HotserveError
 from hotserve.server.context import ServerContext
-from hotserve.server.grpc_handlers import Method, aio_handlers, stream, unary
+from hotserve.server.grpc_handlers import (DEADLINE_FLAG, Method, Outcome, deadline_of, framed_outcome, plan_call,
+                                           run_unary)
+from hotserve.server.grpc_services import services
 
 log = logging.getLogger("hotserve.grpc")
 
@@ -25,51 +24,47 @@ log = logging.getLogger("hotserve.grpc")
 MAX_MESSAGE_BYTES = 2**31 - 1
 
 
-class Health:
-    """grpc.health.v1 answered from live state: '' is the server's readiness, '<model>' that
-    model's. Computing it per call means it can never lag behind the manager."""
-
-    def __init__(self, manager: Manager, ready: Callable[[], bool] | None = None) -> None:
-        from grpc_health.v1 import health_pb2
-
-        self.manager = manager
-        self.ready = ready or manager.ready
-        self.pb = health_pb2
-
-    def _status(self, service: str) -> int:
-        resp = self.pb.HealthCheckResponse
-        if service == "":
-            return resp.SERVING if self.ready() else resp.NOT_SERVING
-        mm = self.manager.models.get(service)
-        if mm is None:
-            return resp.SERVICE_UNKNOWN
-        return resp.SERVING if mm.is_ready() else resp.NOT_SERVING
-
-    def Check(self, request, meta: dict):
-        status = self._status(request.service)
-        if status == self.pb.HealthCheckResponse.SERVICE_UNKNOWN:
-            raise NotFound(f"unknown service {request.service!r}")
-        return self.pb.HealthCheckResponse(status=status)
-
-    async def Watch(self, request, meta: dict):
-        last = None
-        while True:  # ends when the client cancels or the server stops
-            status = self._status(request.service)
-            if status != last:
-                yield self.pb.HealthCheckResponse(status=status)
-                last = status
-            await asyncio.sleep(0.1)
-
-    def service(self) -> dict[str, dict[str, Method]]:
-        # Only Check and Watch: grpcio-health-checking's servicer base class gains methods across
-        # releases (List in 1.85), and these two are the protocol's promise.
-        req, resp = self.pb.HealthCheckRequest, self.pb.HealthCheckResponse
-        return {"grpc.health.v1.Health": {"Check": unary(self.Check, req, resp), "Watch": stream(self.Watch, req, resp)}}
+def metadata_of(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
 
 
-def services(ctx: ServerContext) -> dict[str, dict[str, Method]]:
-    """Every gRPC service hotserve serves, whatever the transport."""
-    return {**grpc_tfserving.services(ctx), **grpc_v2.services(ctx), **Health(ctx.manager, ctx.ready).service()}
+async def _answer(context: grpc.aio.ServicerContext, out: Outcome):
+    if out.code is not None:
+        await context.abort(grpc.StatusCode[out.code], out.message, trailing_metadata=out.trailing)
+        return None
+    if out.trailing:
+        context.set_trailing_metadata(out.trailing)
+    return out.value
+
+
+def _aio_handler(m: Method, ctx: ServerContext) -> grpc.RpcMethodHandler:
+    if m.kind == "unary":
+        async def handler(request, context: grpc.aio.ServicerContext):
+            return await _answer(context, await run_unary(ctx, m, request, metadata_of(context)))
+    elif m.kind == "framed":
+        async def handler(request, context: grpc.aio.ServicerContext):
+            planned = plan_call(ctx, m, request, metadata_of(context))
+            if isinstance(planned, Outcome):
+                return await _answer(context, planned)
+            done = await ctx.frame.run(*planned, deadline_of(ctx, context.time_remaining()), DEADLINE_FLAG)
+            return await _answer(context, framed_outcome(done))
+    else:
+        async def streaming(request, context: grpc.aio.ServicerContext):
+            try:
+                async for resp in m.fn(request, metadata_of(context)):
+                    yield resp
+            except HotserveError as exc:
+                await context.abort(grpc.StatusCode[exc.code.value], exc.message)
+
+        return grpc.unary_stream_rpc_method_handler(
+            streaming, request_deserializer=m.req_cls.FromString, response_serializer=m.resp_cls.SerializeToString)
+    return grpc.unary_unary_rpc_method_handler(
+        handler, request_deserializer=m.req_cls.FromString, response_serializer=m.resp_cls.SerializeToString)
+
+
+def aio_handlers(tables: dict[str, dict[str, Method]], ctx: ServerContext) -> list[grpc.GenericRpcHandler]:
+    return [grpc.method_handlers_generic_handler(service, {name: _aio_handler(m, ctx) for name, m in methods.items()})
+            for service, methods in tables.items()]
 
 
 class GrpcServer:

@@ -12,6 +12,7 @@ import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from hotserve.core.config import ModelConfig
 from hotserve.core.config_watcher import ConfigFileWatcher
@@ -22,12 +23,14 @@ from hotserve.server.admission import AdmissionOptions
 from hotserve.server.context import build_context
 from hotserve.server.dashboard import local_feed
 from hotserve.server.grpc_h2 import H2GrpcServer
-from hotserve.server.grpc_server import GrpcServer
 from hotserve.server.http import HttpServer, Limits
 from hotserve.server.instrument import instrument, worker_state
 from hotserve.server.peers import PeerServer, from_env
 from hotserve.server.rest import RestApp
 from hotserve.server.sockets import bind_socket
+
+if TYPE_CHECKING:
+    from hotserve.server.grpc_server import GrpcServer
 
 log = logging.getLogger("hotserve.server")
 
@@ -123,8 +126,12 @@ async def serve(opts: ServeOptions) -> None:
     app = RestApp(ctx)
     rest = HttpServer(app, opts.http_limits, lambda status, message: tfserving_rest.encode_error(message),
                       lambda reason: metrics.limit_rejected("", reason))
-    grpc_class = H2GrpcServer if opts.grpc_frontend == "native" else GrpcServer
-    grpc_server = grpc_class(ctx, opts.host, opts.grpc_port, reuse_port=opts.reuse_port)
+    if opts.grpc_frontend == "native":
+        grpc_server = H2GrpcServer(ctx, opts.host, opts.grpc_port, reuse_port=opts.reuse_port)
+    else:  # imported only when asked for: grpcio is 8.5 MiB of every worker's memory
+        from hotserve.server.grpc_server import GrpcServer
+
+        grpc_server = GrpcServer(ctx, opts.host, opts.grpc_port, reuse_port=opts.reuse_port)
     shutdown = _Shutdown(ctx, app, rest, grpc_server, opts.drain_seconds, member,
                          grace=max(5.0, opts.rest_api_timeout_seconds))
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -204,7 +211,7 @@ class _Shutdown:
     closes its connection), then both front ends stop accepting together and finish what is in
     flight. A second signal cuts the drain short."""
 
-    def __init__(self, ctx, app: RestApp, rest: HttpServer, grpc_server: GrpcServer | H2GrpcServer, drain_seconds: float, member,
+    def __init__(self, ctx, app: RestApp, rest: HttpServer, grpc_server: H2GrpcServer | GrpcServer, drain_seconds: float, member,
                  grace: float) -> None:
         self.ctx = ctx
         self.app = app
