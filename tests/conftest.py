@@ -243,3 +243,16 @@ def redis_url(tmp_path_factory):
     server = RedisServer(str(tmp_path_factory.mktemp("redis"))).start()
     yield server.url
     server.stop()
+
+
+@pytest.fixture
+def grpc_served(repo, start_server):
+    """(server, channel, base, build): model 'm' version 1 (y = x + 1) served, a gRPC channel to it."""
+    import grpc
+
+    base, build = repo
+    affine_version(base, 1, build)
+    server = start_server(base)
+    channel = grpc.insecure_channel(server.grpc_target)
+    yield server, channel, base, build
+    channel.close()

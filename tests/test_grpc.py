@@ -36,18 +36,10 @@ def _predict_request(x, model="m", version=None, label=None):
     return req
 
 
-@pytest.fixture
-def served(repo, start_server):
-    base, build = repo
-    affine_version(base, 1, build)
-    server = start_server(base)
-    channel = grpc.insecure_channel(server.grpc_target)
-    yield server, channel, base, build
-    channel.close()
 
 
-def test_tf_serving_predict_metadata_status(served):
-    server, channel, _, _ = served
+def test_tf_serving_predict_metadata_status(grpc_served):
+    server, channel, _, _ = grpc_served
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     resp = stub.Predict(_predict_request(x), timeout=10)
@@ -91,8 +83,8 @@ def _code(fn):
     return info.value.code(), info.value.details()
 
 
-def test_tf_serving_error_statuses(served):
-    server, channel, _, _ = served
+def test_tf_serving_error_statuses(grpc_served):
+    server, channel, _, _ = grpc_served
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     x = np.zeros((1, 4), np.float32)
     code, msg = _code(lambda: stub.Predict(_predict_request(x, model="nope"), timeout=10))
@@ -123,15 +115,15 @@ def test_tf_serving_error_statuses(served):
     assert stub.Predict(_predict_request(x), timeout=10).model_spec.version.value == 1
 
 
-def test_grpc_health(served):
-    server, channel, _, _ = served
+def test_grpc_health(grpc_served):
+    server, channel, _, _ = grpc_served
     health = health_pb2_grpc.HealthStub(channel)
     assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
     assert health.Check(health_pb2.HealthCheckRequest(service="m"), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_large_message(served):
-    server, channel, _, _ = served
+def test_large_message(grpc_served):
+    server, channel, _, _ = grpc_served
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     big = grpc.insecure_channel(server.grpc_target, options=[("grpc.max_send_message_length", -1),
                                                                ("grpc.max_receive_message_length", -1)])
@@ -180,8 +172,8 @@ def test_tritonclient_grpc(repo, start_server, tmp_path):
     c.close()
 
 
-def test_hot_swaps_under_grpc_clients(served):
-    server, channel, base, build = served
+def test_hot_swaps_under_grpc_clients(grpc_served):
+    server, channel, base, build = grpc_served
     families = [("tf 0", tfs_grpc), ("tf 1", tfs_grpc), ("triton 0", triton_grpc), ("triton 1", triton_grpc)]
     with FamilyClients(server, families) as clients:
         wait_for(lambda: clients.count(1) >= 10, 20, "version 1 to serve the clients first")

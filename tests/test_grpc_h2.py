@@ -63,14 +63,6 @@ def test_grpc_timeout_header():
     assert parse_timeout("12") is None and parse_timeout("m") is None and parse_timeout("123456789S") is None
 
 
-@pytest.fixture
-def served(repo, start_server):
-    base, build = repo
-    affine_version(base, 1, build)
-    server = start_server(base)
-    channel = grpc.insecure_channel(server.grpc_target)
-    yield server, channel
-    channel.close()
 
 
 def _infer(channel, x, **kw):
@@ -79,8 +71,8 @@ def _infer(channel, x, **kw):
     return call(_infer_request(x), timeout=10, **kw)
 
 
-def test_compressed_requests_unknown_methods_and_bad_messages(served):
-    server, channel = served
+def test_compressed_requests_unknown_methods_and_bad_messages(grpc_served):
+    server, channel, _, _ = grpc_served
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     np.testing.assert_array_equal(_output(_infer(channel, x, compression=grpc.Compression.Gzip)), x + 1)
     np.testing.assert_array_equal(_output(_infer(channel, x, compression=grpc.Compression.Deflate)), x + 1)
@@ -93,8 +85,8 @@ def test_compressed_requests_unknown_methods_and_bad_messages(served):
     np.testing.assert_array_equal(_output(_infer(channel, x)), x + 1)  # the connection still serves
 
 
-def test_health_watch_streams_until_cancelled(served):
-    server, channel = served
+def test_health_watch_streams_until_cancelled(grpc_served):
+    server, channel, _, _ = grpc_served
     stream = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service="m"), timeout=10)
     assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
     stream.cancel()
@@ -118,11 +110,11 @@ def _read_frames(sock: socket.socket, until_end_of: int) -> list[tuple[int, int,
             return frames
 
 
-def test_padding_continuation_and_a_garbage_preface(served):
+def test_padding_continuation_and_a_garbage_preface(grpc_served):
     """A request whose header block spans HEADERS + CONTINUATION and whose frames are padded is
     answered; a connection that does not start with the HTTP/2 preface is closed, and the
     server keeps serving."""
-    server, channel = served
+    server, channel, _, _ = grpc_served
     host, port = server.grpc_target.rsplit(":", 1)
     block = Encoder().encode([(":method", "POST"), (":scheme", "http"), (":path", INFER), (":authority", "x"),
                               ("content-type", "application/grpc"), ("te", "trailers"), ("x-pad", "p" * 300)])
