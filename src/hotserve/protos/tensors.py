@@ -100,19 +100,10 @@ def dtype_from_enum(enum: int) -> np.dtype:
     raise ValueError(f"unsupported tensor dtype {_enum_name(enum)}")
 
 
-_ENUMS: dict = {}  # dtype -> enum, for every dtype seen: a response pays one dict lookup
-
-
+@functools.lru_cache(maxsize=256)  # a dict lookup per tensor; string dtypes differ by length ('<U3', '<U7')
 def enum_from_dtype(dtype: np.dtype | type) -> int:
     """tensorflow.DataType value for a numpy dtype; str/bytes/object count as DT_STRING."""
-    try:
-        return _ENUMS[dtype]
-    except KeyError:
-        pass
-    enum = _enum_from_dtype(dtype)  # raises (and keeps nothing) for an unsupported type
-    if len(_ENUMS) < 256:  # string dtypes differ by length ('<U3', '<U7'): bounded
-        _ENUMS[dtype] = enum
-    return enum
+    return _enum_from_dtype(dtype)
 
 
 def _enum_from_dtype(dtype: np.dtype | type) -> int:

@@ -39,8 +39,8 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
 END_STREAM = ACK = 0x1
 END_HEADERS, PADDED, PRIORITY_FLAG = 0x4, 0x8, 0x20
-NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, CANCEL = 0x0, 0x1, 0x2, 0x3, 0x6, 0x8
-S_HEADER_TABLE_SIZE, S_ENABLE_PUSH, S_MAX_CONCURRENT, S_INITIAL_WINDOW, S_MAX_FRAME, S_MAX_HEADER_LIST = 1, 2, 3, 4, 5, 6
+NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, COMPRESSION_ERROR = 0x0, 0x1, 0x3, 0x6, 0x9
+S_HEADER_TABLE_SIZE, S_ENABLE_PUSH, S_INITIAL_WINDOW, S_MAX_FRAME = 1, 2, 4, 5
 
 MAX_WINDOW = 2**31 - 1
 MAX_FRAME = 2**24 - 1  # what we accept (the largest HTTP/2 allows): a big tensor arrives in few frames
@@ -241,7 +241,7 @@ class _Connection(asyncio.Protocol):
         self.preface = False
         self.decoder = Decoder()
         self.decoder.max_header_list_size = MAX_HEADER_BLOCK
-        self.blocks: dict[bytes, tuple[int, list]] = {}  # header block -> (table state, headers): _decode
+        self.blocks: dict[bytes, tuple[int, tuple]] = {}  # header block -> (table state, _parsed(...)): _decode
         self.table_state = 0
         self.enc = _Encoder()
         self.streams: dict[int, _Stream] = {}
@@ -301,7 +301,7 @@ class _Connection(asyncio.Protocol):
         except _ProtocolError as exc:
             self._fail(exc.code, str(exc))
         except HPACKError as exc:
-            self._fail(0x9, f"header block: {exc}")  # COMPRESSION_ERROR
+            self._fail(COMPRESSION_ERROR, f"header block: {exc}")
 
     def _fail(self, code: int, message: str) -> None:
         log.info("gRPC connection closed: %s", message)
@@ -445,7 +445,6 @@ class _Connection(asyncio.Protocol):
     # -- calls ---------------------------------------------------------------------------------
     def _call(self, st: _Stream) -> None:
         path, meta, timeout, encoding = st.headers or (None, {}, None, "identity")
-        received = time.monotonic()
         m = self.server.methods.get(path)
         if m is None:
             return self._answer(st, Outcome(code="UNIMPLEMENTED", message=f"method {path} is not served here"), None)
@@ -465,7 +464,7 @@ class _Connection(asyncio.Protocol):
             if not tracing.ENABLED and (mm is None or mm.runs_inline(call.size)):
                 # A measured-cheap model and a small request: answered here, as REST's fast path does.
                 return self._answer(st, framed_outcome(self.ctx.frame.run_sync(*planned)), m)
-            st.task = asyncio.ensure_future(self._framed(st, m, planned, timeout, received))
+            st.task = asyncio.ensure_future(self._framed(st, m, planned, timeout, time.monotonic()))
         elif m.kind == "unary":
             st.task = asyncio.ensure_future(self._unary(st, m, request, meta))
         else:
