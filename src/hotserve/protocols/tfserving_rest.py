@@ -16,6 +16,7 @@ import orjson
 from hotserve import dtypes
 from hotserve.core.states import VersionStatus
 from hotserve.errors import InvalidArgument
+from hotserve.protocols import json_numbers
 from hotserve.protocols.json_body import parse_object
 from hotserve.runtimes.base import Signature, TensorSpec
 
@@ -58,6 +59,15 @@ def _json_ready(name: str, arr: np.ndarray) -> Any:
 # -- request --------------------------------------------------------------------------------
 def parse_body(body: bytes) -> dict:
     return parse_object(body, "a JSON object with 'instances' or 'inputs'")
+
+
+_PREDICT_KEYS = ("instances", "inputs")
+
+
+def parse_predict_body(body: bytes) -> dict:
+    """A predict body: straight to numpy when it is one array of numbers (json_numbers.py),
+    else parse_body."""
+    return json_numbers.parse(body, _PREDICT_KEYS) or parse_body(body)
 
 
 def signature_name(doc: dict) -> str | None:
@@ -134,6 +144,11 @@ def _string_array(tree: Any, where: str) -> np.ndarray:
 
 def decode_predict(doc: dict, sig: Signature) -> tuple[dict[str, np.ndarray], bool]:
     """Inputs as numpy arrays, and whether the request used the row (`instances`) format."""
+    if type(doc) is json_numbers.NumbersDoc:
+        fast = _decode_numbers(doc, sig)
+        if fast is not None:
+            return fast
+        doc = parse_body(doc.body)
     has_rows, has_cols = "instances" in doc, "inputs" in doc
     if has_rows == has_cols:
         raise InvalidArgument(
@@ -141,6 +156,19 @@ def decode_predict(doc: dict, sig: Signature) -> tuple[dict[str, np.ndarray], bo
             + ("; it holds both" if has_rows else "; it holds neither")
         )
     return (_decode_rows(doc["instances"], sig), True) if has_rows else (_decode_columns(doc["inputs"], sig), False)
+
+
+def _decode_numbers(doc: json_numbers.NumbersDoc, sig: Signature) -> tuple[dict[str, np.ndarray], bool] | None:
+    """A one-input signature of a floating-point type takes the array as it is (cast); anything
+    else (several inputs, integers, strings) the general decoding of the same body."""
+    if len(sig.inputs) != 1:
+        return None
+    (name, spec), = sig.inputs.items()
+    want = spec.dtype.numpy
+    if want.kind != "f":
+        return None
+    (key, values), = doc.items()
+    return {name: values.astype(want, copy=False)}, key == "instances"
 
 
 def _decode_rows(instances: Any, sig: Signature) -> dict[str, np.ndarray]:

@@ -113,7 +113,7 @@ class V1Routes:
     @staticmethod
     def _predict(body: bytes):
         def prepare():
-            doc = tfs.parse_body(body)
+            doc = tfs.parse_predict_body(body)
             return doc, tfs.signature_name(doc)
 
         def execute(lv: LoadedVersion, prepared):

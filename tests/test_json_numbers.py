@@ -1,0 +1,108 @@
+"""TF Serving REST predict bodies parsed straight to numpy (protocols/json_numbers.py) decode
+exactly as the general orjson path does, values and errors alike; bodies the fast parse cannot
+read exactly (ragged, deeper arrays, other keys, non-numbers) are left to the general path."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import orjson
+import pytest
+
+from hotserve import dtypes
+from hotserve.errors import InvalidArgument
+from hotserve.protocols import json_numbers
+from hotserve.protocols import tfserving_rest as tfs
+from hotserve.runtimes.base import Signature, TensorSpec
+
+pytestmark = pytest.mark.skipif(json_numbers.simdjson is None, reason="pysimdjson is not installed")
+
+_KEYS = ("instances", "inputs")
+
+FAST = [
+    b'{"instances": [[1,2,3,4]]}',
+    b'{"inputs": [[1.5,2,3,4],[5,6,7,8]]}',
+    b'{"instances": [1,2,3]}',
+    b'  {"instances":[[16777217, 0.1, -0.0, 3.4e38]]}  ',
+    b'{"instances": [[9007199254740993, 1e-320, -1E+5, 0]]}',
+]
+GENERAL = [
+    b'{"instances": [[1,2],[3]]}',  # ragged
+    b'{"instances": [[1,2],[3,[4]]]}',  # a deeper array hidden where the lengths still agree
+    b'{"instances": [1,[2]]}',
+    b'{"instances": [[[1,2],[3,4]]]}',  # three levels: the general path
+    b'{"instances": [[1,2],[3,4]], "signature_name": "serving_default"}',
+    b'{"instances": [[1,2]], "instances": [[3,4,5]]}',  # duplicate keys (orjson keeps the last)
+    b'{"instances": [[1,2,3,4]], "inputs": [[1]]}',
+    b'{"instances": [[true, false]]}',
+    b'{"instances": [[1, null]]}',
+    b'{"instances": [[1, "2"]]}',
+    b'{"instances": [[1,2],{"a":1,"b":2}]}',
+    b'{"instances": [[1,2],3]}',
+    b'{"instances": [{"x0": [1,2,3,4]}]}',
+    b'{"instances": []}',
+    b'{"instances": [[]]}',
+    b'{"instances": [[1e400, 1]]}',
+    b'{"instances": [[NaN, 1]]}',
+    b'{"instances": [[1,2,3,4]]} trailing',
+    b'[[1,2]]',
+    b'{"instances": 5}',
+    b'{"examples": [[1,2]]}',
+]
+
+
+def _bodies() -> list[bytes]:
+    rng = np.random.default_rng(0)
+    out = FAST + GENERAL
+    for _ in range(100):
+        a = rng.standard_normal((int(rng.integers(1, 5)), int(rng.integers(1, 6)))) * 10.0 ** int(rng.integers(-40, 40))
+        out.append(orjson.dumps({"instances": a.tolist()}))
+        out.append(orjson.dumps({"inputs": a[0].tolist()}))
+    return out
+
+
+def _outcome(doc_of, body: bytes, sig: Signature):
+    try:
+        inputs, rows = tfs.decode_predict(doc_of(body), sig)
+    except InvalidArgument as exc:
+        return "error", str(exc)
+    return rows, {k: (v.dtype.str, v.shape, v.tobytes()) for k, v in inputs.items()}
+
+
+@pytest.mark.parametrize("tf_type", ["DT_FLOAT", "DT_DOUBLE", "DT_HALF", "DT_INT32", "DT_INT64", "DT_BOOL", "DT_STRING"])
+@pytest.mark.parametrize("n_inputs", [1, 2])
+def test_fast_and_general_paths_decode_every_body_alike(tf_type, n_inputs):
+    sig = Signature(inputs={f"x{i}": TensorSpec(f"x{i}", dtypes.BY_TF_NAME[tf_type], (-1, 4)) for i in range(n_inputs)},
+                    outputs={})
+    with np.errstate(over="ignore"):  # 3.4e38 * 10**k overflows float16/32 on both paths alike
+        for body in _bodies():
+            assert _outcome(tfs.parse_predict_body, body, sig) == _outcome(tfs.parse_body, body, sig), body[:80]
+
+
+def test_only_rectangular_numbers_under_the_one_key_take_the_fast_parse():
+    for body in FAST:
+        doc = json_numbers.parse(body, _KEYS)
+        assert doc is not None and next(iter(doc.values())).dtype == np.float64, body
+    for body in GENERAL:
+        assert json_numbers.parse(body, _KEYS) is None, body
+    assert json_numbers.parse(memoryview(FAST[0]), _KEYS) is None  # bytes only
+
+
+def test_each_thread_parses_with_its_own_parser():
+    bodies = [orjson.dumps({"instances": [[float(i)] * 8] * 4}) for i in range(8)]
+    errors: list[str] = []
+
+    def work(i: int) -> None:
+        for _ in range(300):
+            doc = json_numbers.parse(bodies[i], _KEYS)
+            if doc is None or not (doc["instances"] == i).all():
+                errors.append(f"thread {i}")
+                return
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
