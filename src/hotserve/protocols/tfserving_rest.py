@@ -167,8 +167,8 @@ def _decode_numbers(doc: json_numbers.NumbersDoc, sig: Signature) -> tuple[dict[
     want = spec.dtype.numpy
     if want.kind != "f":
         return None
-    (key, values), = doc.items()
-    return {name: values.astype(want, copy=False)}, key == "instances"
+    rows = "instances" in doc
+    return {name: doc["instances" if rows else "inputs"].astype(want, copy=False)}, rows
 
 
 def _decode_rows(instances: Any, sig: Signature) -> dict[str, np.ndarray]:
