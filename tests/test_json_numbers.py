@@ -112,3 +112,89 @@ def test_each_thread_parses_with_its_own_parser():
     for t in threads:
         t.join(60)
     assert errors == []
+
+
+# -- KServe V2 infer bodies (json_numbers.parse_infer, through v2.decode_infer) ----------------
+
+def _v2(data: str, datatype: str = "FP32", shape: str = "[1,3]", extra: str = "") -> bytes:
+    return (f'{{"inputs":[{{"name":"x","shape":{shape},"datatype":"{datatype}","data":{data}}}]{extra}}}').encode()
+
+
+V2_FAST = [
+    _v2("[1,2.5,3]"),
+    _v2("[16777217, 0.1, -0.0]", "FP64"),
+    _v2("[9007199254740993, 1e-320, -1E+5]", "FP16"),
+    _v2("[1,2,3]", extra=', "id": "r-1", "parameters": {"p": 1, "q": "s"}'),
+    _v2("[1,2,3]", extra=', "outputs": [{"name": "y", "parameters": {"binary_data": true}}]'),
+    b'{"inputs":[{"name":"a","shape":[2],"datatype":"FP32","data":[1,2]},{"name":"b","shape":[2],"datatype":"FP64","data":[3,4]}]}',
+    _v2("[1,2,3]", shape="[3]", extra=', "id": 7'),
+    _v2("[1,2,3]", extra=', "id": "\\u00e9\\ud83d\\ude00 \\"q\\""'),
+    _v2("[1,2]"),  # too few values for the shape: likewise
+]
+V2_GENERAL = [
+    b'{"inputs":[{"name":"a","shape":[2],"datatype":"FP32","data":[1,2]},'
+    b'{"name":"b","shape":[2],"datatype":"INT64","data":[3,4]},'
+    b'{"name":"c","shape":[1],"datatype":"BYTES","data":["s"]}]}',
+    _v2("[1,2,3]", "INT32"),
+    _v2("[true,false,true]", "BOOL"),
+    _v2("[1,2,3]", extra=', "id": "\\ud800"'),  # a lone surrogate
+    _v2("[1,2,3]", "FP8"),  # an unknown type: the general path's error
+    _v2("[[1,2,3]]"),  # nested data: the general path
+    _v2("[[1],2,3]"),  # a hidden nested array where the count still agrees
+    _v2("[[1],2,3]", extra=', "id": "\\u005b"'),
+    _v2("[1,2,3]", extra=', "id": "a[b"'),
+    _v2("[1,2,3]", extra=', "inputs": []'),  # repeated key (orjson keeps the last)
+    b'{"inputs":[{"name":"x","name":"y","shape":[3],"datatype":"FP32","data":[1,2,3]}]}',
+    _v2("[1,2,3]", extra=', "parameters": {"p": 1, "p": 2}'),
+    _v2("[1,true,3]"),
+    _v2("[1,null,3]"),
+    _v2('[1,"2",3]'),
+    _v2('[1,{"a":1},3]'),
+    _v2("[1e400,1,2]"),
+    _v2("[NaN,1,2]"),
+    _v2("[18446744073709551616,1,2]"),
+    _v2("[1,2,3]", "INT64", extra=', "id": 18446744073709551616'),
+    _v2("[1,2,3]", "INT64")[:-1] + b' trailing}',
+    b'[1,2,3]',
+    b'',
+]
+
+
+def _v2_outcome(body: bytes):
+    from hotserve.protocols import v2
+
+    try:
+        req = v2.decode_infer(body, None)
+    except InvalidArgument as exc:
+        return "error", str(exc)
+    inputs = {k: (a.dtype.str, a.shape, a.tolist() if a.dtype == object else a.tobytes()) for k, a in req.inputs.items()}
+    return req.id, req.parameters, inputs, req.outputs, req.binary_outputs
+
+
+def _v2_bodies() -> list[bytes]:
+    rng = np.random.default_rng(1)
+    out = V2_FAST + V2_GENERAL
+    for _ in range(60):
+        a = rng.standard_normal(int(rng.integers(1, 9))) * 10.0 ** int(rng.integers(-40, 40))
+        for datatype in ("FP16", "FP32", "FP64", "INT32"):
+            out.append(_v2(orjson.dumps(a.tolist()).decode(), datatype, f"[{a.size}]"))
+    return out
+
+
+def test_v2_fast_and_general_paths_decode_every_body_alike(monkeypatch):
+    with np.errstate(over="ignore"):
+        fast = [_v2_outcome(b) for b in _v2_bodies()]
+        monkeypatch.setattr(json_numbers, "parse_infer", lambda body: None)
+        general = [_v2_outcome(b) for b in _v2_bodies()]
+    for body, f, g in zip(_v2_bodies(), fast, general):
+        assert f == g, body[:100]
+
+
+def test_v2_float_data_takes_the_fast_parse_and_the_rest_the_general_one():
+    for body in V2_FAST:
+        doc = json_numbers.parse_infer(body)
+        assert doc is not None, body
+        for spec in doc["inputs"]:
+            assert isinstance(spec["data"], np.ndarray), body
+    for body in V2_GENERAL:
+        assert json_numbers.parse_infer(body) is None, body

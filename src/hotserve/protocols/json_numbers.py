@@ -1,4 +1,4 @@
-"""A JSON request body that is one rectangular array of numbers, parsed straight into numpy.
+"""JSON request bodies whose tensors are arrays of numbers, parsed straight into numpy.
 
 `{"instances": [[0.1, 0.2, ...]]}` is most of what a TF Serving REST client sends. The general
 path (orjson, then `np.asarray`) makes a Python float object per value and then walks them
@@ -9,6 +9,12 @@ takes the general path with its error messages: an object with the one key (and 
 `signature_name` string), no duplicate keys, an array of numbers one or two levels deep, every
 row as long as the first. A body with any object inside (named instances, `{"b64": ...}`) is
 turned away by a byte count before it is parsed: ~2 us for the detour, not a wasted parse.
+
+A KServe V2 infer body (`parse_infer`) whose every input is FP16/FP32/FP64 with `data` one flat
+array of numbers is read whole by simdjson into the dict orjson would make, except that each
+`data` arrives as a float64 array: v2.json_to_numpy then casts it, with the general path's checks
+and messages. Any other input type, nested `data`, an object with a repeated key, or anything
+simdjson cannot give exactly as orjson does turns the whole body to the general path.
 
 Why the bracket count: simdjson flattens nested arrays when it copies numbers out, so a row
 hiding a deeper array (`[[1, 2], [3, [4]]]`) would pass the length checks. In a body whose keys
@@ -101,3 +107,67 @@ def _read(parser, body: bytes, keys: tuple[str, ...]) -> dict | None:
     except (ValueError, TypeError):
         return None  # not JSON, not this shape, or not numbers: the general path says which
     return out
+
+
+_V2_FLOATS = frozenset({"FP16", "FP32", "FP64"})
+
+
+def parse_infer(body: bytes) -> dict | None:
+    """A V2 infer request body as orjson would parse it, with each floating-point input's flat
+    `data` as a float64 array; None for a body this module does not read (see above)."""
+    if simdjson is None or type(body) is not bytes:
+        return None
+    try:
+        return _read_infer(_parser(), body)
+    except RuntimeError:
+        _local.parser = None
+        return None
+
+
+def _read_infer(parser, body: bytes) -> dict | None:
+    arrays = [0]  # every array read; the bracket count then proves none went unread (see above)
+    try:
+        doc = parser.parse(body)
+        if not isinstance(doc, simdjson.Object):
+            return None
+        out = _plain(doc, arrays, "inputs")
+        inputs = doc["inputs"] if "inputs" in out else None
+        if isinstance(inputs, simdjson.Array):
+            arrays[0] += 1
+            specs = []
+            for spec in inputs:
+                if not isinstance(spec, simdjson.Object):
+                    specs.append(_plain(spec, arrays))
+                    continue
+                item = _plain(spec, arrays, "data")
+                if "data" in item:
+                    data = spec["data"]
+                    if item.get("datatype") in _V2_FLOATS and isinstance(data, simdjson.Array):
+                        flat = np.frombuffer(data.as_buffer(of_type="d"), dtype=np.float64)
+                        if flat.size != len(data):
+                            return None  # nested: the general path
+                        arrays[0] += 1
+                        item["data"] = flat
+                    else:
+                        return None  # integers, booleans, strings: orjson makes those objects faster
+                specs.append(item)
+            out["inputs"] = specs
+        elif "inputs" in out:
+            out["inputs"] = _plain(inputs, arrays)
+    except (ValueError, TypeError, KeyError):
+        return None
+    return out if body.count(b"[") == arrays[0] else None
+
+
+def _plain(value, arrays: list, skip: str = ""):
+    """A simdjson value as Python objects; an object's `skip` key is left as a placeholder
+    (the caller reads it). A repeated key raises: orjson keeps the last, simdjson's lookup the first."""
+    if isinstance(value, simdjson.Object):
+        keys = list(value.keys())  # items() would convert every value, data arrays included
+        if len(set(keys)) != len(keys):
+            raise ValueError("repeated key")
+        return {k: None if k == skip else _plain(value[k], arrays) for k in keys}
+    if isinstance(value, simdjson.Array):
+        arrays[0] += 1
+        return [_plain(v, arrays) for v in value]
+    return value

@@ -16,6 +16,7 @@ import orjson
 from hotserve import dtypes
 from hotserve.errors import InvalidArgument, clip
 from hotserve.protocols.limits import check_shape
+from hotserve.protocols import json_numbers
 from hotserve.protocols.json_body import parse_object
 from hotserve.runtimes.base import Signature
 
@@ -130,7 +131,9 @@ def decode_infer(body: bytes, header_length: int | None) -> InferRequest:
         if header_length < 0 or header_length > len(body):
             raise InvalidArgument(f"Inference-Header-Content-Length is {header_length} but the body has {len(body)} bytes")
         json_part, tail = body[:header_length], memoryview(body)[header_length:]
-    doc = parse_object(json_part, "a JSON object with an 'inputs' list")
+    doc = json_numbers.parse_infer(body) if header_length is None else None
+    if doc is None:
+        doc = parse_object(json_part, "a JSON object with an 'inputs' list")
     req = InferRequest()
     req.id = doc.get("id")
     params = doc.get("parameters") or {}
