@@ -19,17 +19,28 @@ from collections import deque
 
 from hotserve.runtimes.base import Servable
 
-# Outcomes kept per version for canary analysis; older ones fall off (a window is seconds long).
+# Outcomes kept per version: the last few for the inline decision (core/inline.py reads 200);
+# while the version is in a canary split, enough for the analysis (a window is seconds long).
+_STATS_RECENT = 200
 _STATS_WINDOW = 100_000
 
 
 class VersionStats:
-    """Recent request outcomes of one version: (monotonic time, ok, seconds)."""
+    """Recent request outcomes of one version: (monotonic time, ok, seconds). Wide only while a
+    canary split runs (its analysis reads every outcome since the split began): 100,000 outcomes
+    are ~12 MiB of Python objects in each worker, which every busy version kept for nothing."""
 
     __slots__ = ("events",)
 
     def __init__(self) -> None:
-        self.events: deque[tuple[float, bool, float]] = deque(maxlen=_STATS_WINDOW)
+        self.events: deque[tuple[float, bool, float]] = deque(maxlen=_STATS_RECENT)
+
+    def widen(self, wide: bool) -> None:
+        """Keep the canary analysis' window (True) or only the recent outcomes (False). A request
+        recording at the moment of the switch may go uncounted: these are statistics."""
+        n = _STATS_WINDOW if wide else _STATS_RECENT
+        if self.events.maxlen != n:
+            self.events = deque(self.events, maxlen=n)
 
     def record(self, ok: bool, seconds: float) -> None:
         self.events.append((time.monotonic(), ok, seconds))  # deque.append is atomic

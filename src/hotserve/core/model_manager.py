@@ -425,6 +425,10 @@ class ModelManager:
             return
         with self._loaded_lock:
             new = RouteTable.from_spec(spec, self._loaded)
+        split = new.canary is not None
+        for bound in (new.default, new.canary):
+            if bound is not None:
+                bound.stats.widen(split)  # before the switch: the analysis reads from the split's start
         self.route.table = new  # the one atomic switch
         if new.default is not None and (not self._default_history or self._default_history[-1] != new.default.version):
             self._default_history = (self._default_history + [new.default.version])[-20:]
