@@ -252,3 +252,27 @@ def test_operator_commands_in_process(model):
     # Everything persisted through the routing store: a second manager on the same path agrees.
     state, _ = mm.intent.store.read()
     assert state.labels == {"stable": 1} and 2 in state.rolled_back
+
+
+def test_version_stats_keep_the_canary_window_only_during_a_split(model):
+    base, build, bus, make = model
+    _publish(base, build, 1)
+    mm = make(ModelConfig("m", base, policy=Latest(2), canary=CanaryConfig(weight=0.5, window_seconds=3600, auto=True)))
+    _wait_swap(bus, 1)
+    v1 = mm.route.table.default
+    assert v1.stats.events.maxlen == 200  # no split: only what the inline decision reads
+    for _ in range(300):
+        v1.stats.record(True, 0.001)  # what core.inference does after each request
+    assert len(v1.stats.events) == 200
+    seq = bus.last_seq
+    _publish(base, build, 2)
+    rec = bus.wait_for(lambda e: isinstance(e, Swapped) and e.canary == 2, 10.0, seq)
+    assert rec is not None, [r.to_dict() for r in bus.since(seq)]
+    t = mm.route.table
+    assert t.default.version == 1 and t.canary.version == 2
+    assert t.default.stats.events.maxlen == t.canary.stats.events.maxlen == 100_000
+    assert len(t.default.stats.events) == 200  # what it had is kept
+    seq = bus.last_seq
+    control.pin(mm, 2, timeout=10)  # the split ends
+    _wait_swap(bus, 2, seq)
+    assert mm.route.table.canary is None and mm.route.table.default.stats.events.maxlen == 200
