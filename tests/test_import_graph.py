@@ -6,6 +6,8 @@ import is still a dependency."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src"
@@ -123,3 +125,16 @@ def test_graph_sees_lazy_imports():
     graph = _graph()
     assert len(graph) > 50
     assert "hotserve.runtimes.tensorflow" in graph["hotserve.runtimes.registry"]  # imported inside a function
+
+
+def test_the_supervisor_imports_no_serving_stack():
+    """The supervisor (and every CLI call) builds the whole command line and the worker pool;
+    what it imports stays in its RSS. asyncio, ssl and hashlib came with two constants it
+    needed (~7 MiB): they live in hotserve.envvars now."""
+    probe = ("import sys, hotserve.cli, hotserve.admin_client, hotserve.server.workers, hotserve.core.config, "
+             "hotserve.observability.logs, hotserve.batching.parameters, hotserve.server.shape\n"
+             "heavy = [m for m in ('asyncio', 'ssl', 'hashlib', 'urllib.request', 'numpy', 'onnxruntime') if m in sys.modules]\n"
+             "print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"the supervisor's imports pull in {out.stdout.strip()}"

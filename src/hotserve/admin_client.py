@@ -6,14 +6,17 @@ import argparse
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 
-from hotserve.server.auth import ENV_VAR
+from hotserve.envvars import ADMIN_TOKEN as ENV_VAR
 
 
 def call(url: str, token: str | None, method: str, path: str, body: dict | bytes | None = None, timeout: float = 120.0,
          content_type: str = "application/json") -> dict:
+    # Imported here: urllib.request brings http.client, email and ssl (~8 MiB), and every
+    # `hotserve` process builds this module's subcommands, the serving supervisor included.
+    import urllib.error
+    import urllib.request
+
     data = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url.rstrip("/") + path, data=data, method=method)
     req.add_header("Content-Type", content_type)

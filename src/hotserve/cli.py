@@ -211,7 +211,7 @@ def _admin_token(args: argparse.Namespace) -> str | None:
     """--admin_token_file, else --admin_token (which warns), else HOTSERVE_ADMIN_TOKEN."""
     import os
 
-    from hotserve.server.auth import ENV_VAR
+    from hotserve.envvars import ADMIN_TOKEN as ENV_VAR
 
     if args.admin_token_file:
         with open(args.admin_token_file, encoding="utf-8") as f:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import hmac
 
+from hotserve.envvars import ADMIN_TOKEN as ENV_VAR
 from hotserve.errors import PermissionDenied, Unauthenticated
-
-ENV_VAR = "HOTSERVE_ADMIN_TOKEN"
 
 
 class AdminAuth:

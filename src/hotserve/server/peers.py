@@ -25,11 +25,11 @@ from typing import Any, AsyncIterator, Callable
 
 import orjson
 
+from hotserve.envvars import PEER_DIR as ENV_DIR
 from hotserve.observability import metrics
 
 log = logging.getLogger("hotserve.peers")
 
-ENV_DIR = "HOTSERVE_PEER_DIR"
 ASK_TIMEOUT = 1.0
 _DUMPS_OPTS = orjson.OPT_NON_STR_KEYS
 # The scrape-coverage gauge describes the scrape being answered, not a sibling's last one.

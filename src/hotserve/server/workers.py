@@ -24,7 +24,7 @@ import threading
 import time
 
 from hotserve.observability.process import rss_of
-from hotserve.server.peers import ENV_DIR as PEER_DIR_ENV
+from hotserve.envvars import PEER_DIR as PEER_DIR_ENV
 from hotserve.server.sockets import bind_socket
 
 log = logging.getLogger("hotserve.workers")
