@@ -198,3 +198,12 @@ def test_v2_float_data_takes_the_fast_parse_and_the_rest_the_general_one():
             assert isinstance(spec["data"], np.ndarray), body
     for body in V2_GENERAL:
         assert json_numbers.parse_infer(body) is None, body
+
+
+def test_v2_bodies_of_other_types_are_turned_away_before_the_parse(monkeypatch):
+    def no_parse(*args):
+        raise AssertionError("parsed a body whose first input is not floating-point")
+
+    monkeypatch.setattr(json_numbers, "_with_parser", no_parse)
+    for datatype, data in (("INT32", "[1,2,3]"), ("BYTES", '["a","b","c"]'), ("BOOL", "[true,false,true]")):
+        assert json_numbers.parse_infer(_v2(data, datatype)) is None

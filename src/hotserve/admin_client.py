@@ -12,7 +12,7 @@ from hotserve.envvars import ADMIN_TOKEN as ENV_VAR
 
 def call(url: str, token: str | None, method: str, path: str, body: dict | bytes | None = None, timeout: float = 120.0,
          content_type: str = "application/json") -> dict:
-    # Imported here: urllib.request brings http.client, email and ssl (~8 MiB), and every
+    # Imported here: urllib.request brings http.client, email and ssl (8.5 MiB), and every
     # `hotserve` process builds this module's subcommands, the serving supervisor included.
     import urllib.error
     import urllib.request

@@ -3,6 +3,7 @@ event loop instead of hopping to the worker pool."""
 
 from __future__ import annotations
 
+from hotserve.core.loaded import STATS_RECENT
 from hotserve.core.router import RouteTable
 
 # A version runs inline only once this many of its recent inferences were measured.
@@ -34,7 +35,7 @@ def inline_ok(table: RouteTable, limit_us: float) -> bool:
         return False
     if lv.servable.runtime == "python":
         return False  # Python code can block (or hang) without releasing the loop: it keeps its threads
-    recent = list(lv.stats.events)[-200:]
+    recent = list(lv.stats.events)[-STATS_RECENT:]  # the whole window during a canary split
     if len(recent) < SAMPLES:
         return False
     times = sorted(e[2] for e in recent)

@@ -19,9 +19,9 @@ from collections import deque
 
 from hotserve.runtimes.base import Servable
 
-# Outcomes kept per version: the last few for the inline decision (core/inline.py reads 200);
-# while the version is in a canary split, enough for the analysis (a window is seconds long).
-_STATS_RECENT = 200
+# Outcomes kept per version: the last few for the inline decision (core/inline.py); while the
+# version is in a canary split, enough for the analysis (a window is seconds long).
+STATS_RECENT = 200
 _STATS_WINDOW = 100_000
 
 
@@ -33,12 +33,12 @@ class VersionStats:
     __slots__ = ("events",)
 
     def __init__(self) -> None:
-        self.events: deque[tuple[float, bool, float]] = deque(maxlen=_STATS_RECENT)
+        self.events: deque[tuple[float, bool, float]] = deque(maxlen=STATS_RECENT)
 
     def widen(self, wide: bool) -> None:
         """Keep the canary analysis' window (True) or only the recent outcomes (False). A request
         recording at the moment of the switch may go uncounted: these are statistics."""
-        n = _STATS_WINDOW if wide else _STATS_RECENT
+        n = _STATS_WINDOW if wide else STATS_RECENT
         if self.events.maxlen != n:
             self.events = deque(self.events, maxlen=n)
 

@@ -24,6 +24,7 @@ are fixed names, whose `signature_name` holds no `[` and whose array holds only 
 
 from __future__ import annotations
 
+import re
 import threading
 
 import numpy as np
@@ -46,23 +47,26 @@ _SIGNATURE = "signature_name"
 _local = threading.local()
 
 
-def _parser():
+def _with_parser(read, body: bytes, *args):
+    """read(parser, body, *args) with this thread's parser; None without simdjson."""
+    if simdjson is None:
+        return None
     p = getattr(_local, "parser", None)
     if p is None:
         p = _local.parser = simdjson.Parser()
-    return p
+    try:
+        return read(p, body, *args)
+    except RuntimeError:
+        _local.parser = None  # a parser left holding a document (never expected): start afresh
+        return None
 
 
 def parse(body: bytes, keys: tuple[str, ...]) -> NumbersDoc | None:
     """The body as {key: array} when it is `{"<key>": <rectangular numbers>}` for one of keys,
     with an optional `"signature_name": "<name>"`."""
-    if simdjson is None or type(body) is not bytes or body.count(b"{") != 1:
+    if type(body) is not bytes or body.count(b"{") != 1:
         return None
-    try:
-        fields = _read(_parser(), body, keys)
-    except RuntimeError:
-        _local.parser = None  # a parser left holding a document (never expected): start afresh
-        return None
+    fields = _with_parser(_read, body, keys)
     if fields is None:
         return None
     doc = NumbersDoc(fields)
@@ -110,18 +114,22 @@ def _read(parser, body: bytes, keys: tuple[str, ...]) -> dict | None:
 
 
 _V2_FLOATS = frozenset({"FP16", "FP32", "FP64"})
+# The first input's datatype, looked for near the start (clients write it before `data`): a body
+# of integers or strings is turned away before the parse (INT32, one 784-value row: parsed and
+# then turned away it cost 44.1 us against 31.5 us for the general path alone; now 28.8 vs 28.6).
+_FIRST_TYPE = re.compile(rb'"datatype"\s*:\s*"([A-Z0-9]+)"')
+_FIRST_TYPE_WITHIN = 4096
 
 
 def parse_infer(body: bytes) -> dict | None:
     """A V2 infer request body as orjson would parse it, with each floating-point input's flat
     `data` as a float64 array; None for a body this module does not read (see above)."""
-    if simdjson is None or type(body) is not bytes:
+    if type(body) is not bytes:
         return None
-    try:
-        return _read_infer(_parser(), body)
-    except RuntimeError:
-        _local.parser = None
+    first = _FIRST_TYPE.search(body, 0, _FIRST_TYPE_WITHIN)
+    if first is not None and first.group(1).decode("ascii") not in _V2_FLOATS:
         return None
+    return _with_parser(_read_infer, body)
 
 
 def _read_infer(parser, body: bytes) -> dict | None:
