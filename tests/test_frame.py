@@ -205,13 +205,24 @@ def test_inline_weight_counts_raw_tensor_bytes_a_quarter():
                        (b"content-encoding", b"gzip"))) == len(body)
 
 
-def test_made_request_ids_are_unique_and_in_time_order():
-    """Ids the server makes are 32 hex digits, unique, and sorted by time, so the prediction
-    log's join index grows at its end."""
+def test_made_request_ids_are_unique_and_in_order():
+    """Ids the server makes are 32 hex digits, unique, in order within a process (the prediction
+    log's join index grows at its end), and a forked worker makes other ones."""
+    import os
+
     from hotserve.server.frame import new_request_id
 
     ids = [new_request_id() for _ in range(2000)]
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
     assert len(set(ids)) == len(ids)
-    stamps = [i[:16] for i in ids]
-    assert stamps == sorted(stamps)
+    assert ids == sorted(ids)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first id, then out without the parent's cleanup
+        os.write(w, new_request_id().encode())
+        os._exit(0)
+    os.close(w)
+    child = os.read(r, 64).decode()
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert len(child) == 32 and child[:16] != ids[0][:16] and child not in ids

@@ -87,3 +87,49 @@ def test_logging_config_in_text_proto_and_yaml():
                        "  logging_config: {sampling_config: {sampling_rate: 2}}\n")
     with pytest.raises(cfg.ConfigError, match="sampling_config"):
         cfg.parse_yaml("model_config_list:\n- name: m\n  base_path: /x\n  logging_config: {rate: 1}\n")
+
+
+def test_a_writer_batch_of_mixed_models_and_layouts_is_grouped():
+    """Requests of two models, two versions and two input shapes queued together reach the store
+    as batches of one model version and layout each, every request once, in order within each."""
+
+    class _Batches:
+        url = "memory://batches"
+
+        def __init__(self) -> None:
+            self.batches: list = []
+
+        def log_predictions(self, batches) -> None:
+            self.batches.extend(batches)
+
+    store = _Batches()
+    plog = PredictionLog(store, lambda m: 1.0)  # not started: everything queues, then one batch
+    calls = []
+    for i in range(60):
+        model, version, width = ("a", 1, 2) if i % 3 == 0 else ("b", 1 + i % 2, 2 if i % 4 else 3)
+        x = np.full((1, width), i, np.float32)
+        call = SimpleNamespace(model=model, request_id=f"r{i}", inputs={"x": x}, outputs={"y": x[:, :1]})
+        plog(call, SimpleNamespace(version=version), None, None)
+        calls.append((model, version, width, f"r{i}"))
+    plog.start()
+    assert plog.flush(10)
+    plog.stop()
+    seen = []
+    for b in store.batches:
+        shapes = {a.shape for a in b.inputs["x"]}
+        assert len(shapes) == 1 and len(b.outputs["y"]) == len(b)
+        for k, rid in enumerate(b.request_ids):
+            i = int(rid[1:])
+            assert (b.model, b.version, b.inputs["x"][k].shape[1]) == calls[i][:3] and b.inputs["x"][k][0, 0] == i
+            seen.append(i)
+        assert b.request_ids == sorted(b.request_ids, key=lambda r: int(r[1:]))
+    assert sorted(seen) == list(range(60))
+    # A batch of one model version and layout, the usual case, is one store batch.
+    store.batches.clear()
+    plog = PredictionLog(store, lambda m: 1.0)
+    for i in range(10):
+        plog(_call(i), SimpleNamespace(version=1), None, None)
+    plog.start()
+    assert plog.flush(10)
+    plog.stop()
+    assert [b.request_ids for b in store.batches] == [[f"r{i}" for i in range(10)]]

@@ -28,9 +28,9 @@ import numpy as np
 @dataclass
 class PredictionBatch:
     """Logged requests of one model version whose tensors have the same names, shapes and types:
-    inputs[name][k] is what request_ids[k] sent, outputs[name][k] what it got. The prediction log
-    groups requests this way as they are answered, so a store writes each tensor of a batch as
-    one stacked array ([n, *shape]) without copying the requests' arrays into one first."""
+    inputs[name][k] is what request_ids[k] sent, outputs[name][k] what it got. The prediction log's
+    writer groups queued requests this way, so a store writes each tensor of a batch as one
+    stacked array ([n, *shape]) without copying the requests' arrays into one first."""
 
     model: str
     version: int
