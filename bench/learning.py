@@ -6,7 +6,8 @@
 
 1. Prediction logging cost: REST TF Serving JSON, batch 1, concurrency 64 (wrk), on the MLP
    784-256-256-10; one server with logging off and one with --learning_dir and sampling rate
-   1.0, both running, under load in turns (alternating windows). Target: on >= 0.9 x off.
+   1.0, both running, under load in turns (27 alternating pairs of 2 s windows). Target: on >= 0.9 x
+   off. `--aa` runs the second server with logging off too: what the method reads with no difference.
 2. Export: the built-in PyTorch trainer's two ways to write a new version of the CTR model,
    torch.onnx.export vs rewriting the served graph's initializers, at two embedding sizes.
 3. Freshness and drift recovery: the CTR demo (hotserve demo --learning) end to end: feedback
@@ -48,7 +49,7 @@ def logging_cost(opts, workdir: str, log) -> list[dict]:
     payload = make_payload("tfs-json", 1)
     configs = {
         OFF: [],
-        ON: ["--learning_dir", os.path.join(workdir, "learn"), "--prediction_log_sampling_rate", "1"],
+        ON: [] if opts.aa else ["--learning_dir", os.path.join(workdir, "learn"), "--prediction_log_sampling_rate", "1"],
     }
     rows = {name: [] for name in configs}
     # Both servers run for the whole measurement and take turns under load, a window each per
@@ -148,7 +149,8 @@ def render(res: dict) -> str:
              f"load average at start {res['meta']['loadavg']})", ""]
     if res.get("logging"):
         lines += ["## Prediction logging cost (REST TFS JSON, batch 1, concurrency "
-                  f"{res['meta']['concurrency']}, median of {res['meta']['rounds']} rounds)", "",
+                  f"{res['meta']['concurrency']}, median of {res['meta']['rounds']} rounds of "
+                  f"{res['meta']['seconds']:g} s{'; A/A run: both servers with logging off' if res['meta'].get('aa') else ''})", "",
                   "| config | req/s | ratio of medians | median of paired ratios | server CPU us/request | ratio to off "
                   "| p99 ms | dropped records | errors |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -187,8 +189,12 @@ def render(res: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: 3 s cells, 1 round, 30 s demo")
-    ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--rounds", type=int, default=5, help="alternating off/on rounds of the logging cost (default 5)")
+    # Many short windows rather than a few long ones: on this shared machine throughput drifts by
+    # more than logging costs within a minute, and a pair of windows seconds apart shares the drift.
+    ap.add_argument("--seconds", type=float, default=2.0, help="each logging-cost window (default 2)")
+    ap.add_argument("--rounds", type=int, default=27, help="alternating off/on rounds of the logging cost (default 27)")
+    ap.add_argument("--aa", action="store_true",
+                    help="the logging cost's A/A run: the second server with logging off too (the method's own bias)")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--client-cpus", dest="client_cpus", default="1")
     ap.add_argument("--export-repeats", dest="export_repeats", type=int, default=5)
@@ -201,7 +207,7 @@ def main() -> int:
     log = session.begin()
     parts = opts.only or ["logging", "export", "freshness"]
     res = {"meta": {"kind": "quick" if opts.quick else "full", "commit": session.git_commit(), "loadavg": session.loadavg(),
-                    "concurrency": opts.concurrency, "rounds": opts.rounds, "seconds": opts.seconds}}
+                    "concurrency": opts.concurrency, "rounds": opts.rounds, "seconds": opts.seconds, "aa": opts.aa}}
     os.makedirs(RESULTS, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="hotserve-bench-learning-") as workdir, session.guarded(res, log) as state:
         if "logging" in parts:
