@@ -276,3 +276,25 @@ def test_version_stats_keep_the_canary_window_only_during_a_split(model):
     control.pin(mm, 2, timeout=10)  # the split ends
     _wait_swap(bus, 2, seq)
     assert mm.route.table.canary is None and mm.route.table.default.stats.events.maxlen == 200
+
+
+def test_inline_decision_for_a_fresh_version_keeps_the_models_current_one():
+    """A version with too few samples keeps the model's decision (its first version starts in
+    the threads; a successor of an inline version runs inline) until its own median decides."""
+    from types import SimpleNamespace
+
+    from hotserve.core.inline import SAMPLES, inline_ok
+
+    def table(seconds: list[float], runtime: str = "onnxruntime", canary=None):
+        lv = SimpleNamespace(servable=SimpleNamespace(runtime=runtime),
+                             stats=SimpleNamespace(events=[(0.0, True, s) for s in seconds]))
+        return SimpleNamespace(default=lv, canary=canary)
+
+    fresh = table([0.00001] * (SAMPLES - 1))
+    assert inline_ok(fresh, 300.0, previous=False) is False
+    assert inline_ok(fresh, 300.0, previous=True) is True
+    assert inline_ok(table([0.00001] * SAMPLES), 300.0, previous=False) is True  # its own samples decide
+    assert inline_ok(table([0.001] * SAMPLES), 300.0, previous=True) is False
+    assert inline_ok(table([0.00001] * 3, runtime="python"), 300.0, previous=True) is False
+    assert inline_ok(table([0.00001] * 3, canary=object()), 300.0, previous=True) is False
+    assert inline_ok(fresh, 0.0, previous=True) is False  # --inference_threading off

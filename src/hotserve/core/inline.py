@@ -26,10 +26,15 @@ def request_weight(text_bytes: int, raw_bytes: int = 0) -> int:
     return text_bytes + raw_bytes // RAW_BYTES_PER_UNIT
 
 
-def inline_ok(table: RouteTable, limit_us: float) -> bool:
+def inline_ok(table: RouteTable, limit_us: float, previous: bool = False) -> bool:
     """True when the default version's median of its recent inferences is under limit_us; a
-    canary split, a Python model, a version without enough samples or anything slower hops to
-    its model's threads."""
+    canary split, a Python model or anything slower hops to its model's threads. A version
+    without enough samples yet keeps `previous`, the model's current decision: a model's first
+    version starts in the threads, and a version swapped in behind one that ran inline runs
+    inline until its own samples decide at the next analysis (every 0.25 s). Turning inline off
+    for a fresh version cost a quarter second of thread hops whenever the analysis came in the
+    few milliseconds before it had SAMPLES (2 in 30 swaps in process; worker pools, a swap's
+    window p99)."""
     lv = table.default
     if limit_us <= 0 or lv is None or table.canary is not None:
         return False
@@ -37,6 +42,6 @@ def inline_ok(table: RouteTable, limit_us: float) -> bool:
         return False  # Python code can block (or hang) without releasing the loop: it keeps its threads
     recent = list(lv.stats.events)[-STATS_RECENT:]  # the whole window during a canary split
     if len(recent) < SAMPLES:
-        return False
+        return previous
     times = sorted(e[2] for e in recent)
     return times[len(times) // 2] * 1e6 < limit_us

@@ -101,7 +101,7 @@ class Manager:
                 try:
                     if self.options.canary_analysis:
                         self.canary.tick(mm, now)
-                    mm.inline_ok = inline_ok(mm.route.table, self.options.inline_max_us)
+                    mm.inline_ok = inline_ok(mm.route.table, self.options.inline_max_us, mm.inline_ok)
                 except Exception:
                     log.exception("model %s: periodic analysis failed", mm.name)
 
