@@ -133,3 +133,31 @@ def test_a_writer_batch_of_mixed_models_and_layouts_is_grouped():
     assert plog.flush(10)
     plog.stop()
     assert [b.request_ids for b in store.batches] == [[f"r{i}" for i in range(10)]]
+
+
+def test_a_record_that_cannot_be_grouped_is_counted_and_the_writer_goes_on():
+    """A runtime that broke its contract (an output that is not an array) costs its own record,
+    counted as failed; the writer stays up and logs what comes next."""
+
+    class _Batches:
+        url = "memory://batches"
+
+        def __init__(self) -> None:
+            self.ids: list = []
+
+        def log_predictions(self, batches) -> None:
+            self.ids.extend(rid for b in batches for rid in b.request_ids)
+
+    store = _Batches()
+    plog = PredictionLog(store, lambda m: 1.0).start()
+    failed0 = metrics.PREDICTION_LOG.value(("plog", "failed"))
+    lv = SimpleNamespace(version=1)
+    plog(_call(0), lv, None, None)
+    plog(SimpleNamespace(model="plog", request_id="bad", inputs={"x": np.zeros((1, 2), np.float32)},
+                         outputs={"y": [1.0, 2.0]}), lv, None, None)
+    assert plog.flush(10)
+    plog(_call(1), lv, None, None)
+    assert plog.flush(10)
+    plog.stop()
+    assert store.ids == ["r0", "r1"]
+    assert metrics.PREDICTION_LOG.value(("plog", "failed")) - failed0 == 1
