@@ -92,7 +92,7 @@ def _ascii(value: str) -> bytes:
 
 
 _CONTENT_TYPE = (b"content-type", b"application/grpc")
-_INDEXED_TRAILERS = frozenset((b"x-model-version", b"x-model-revision"))  # repeat call after call
+_INDEXED_TRAILER_NAMES = frozenset(("x-model-version", "x-model-revision"))  # repeat call after call
 
 
 class _Encoder:
@@ -152,7 +152,25 @@ class _Encoder:
         return self._kept(("headers",), self._headers)
 
     def status(self, code: str | None, message: str, trailing: tuple, start: bool = True) -> bytes:
-        return self._kept((code, message, trailing, start), lambda: self._status(code, message, trailing, start))
+        """Trailers: the repeating fields (status, the version's metadata) as a kept block, then
+        the literals (message, request id, ...). Literals leave the table alone, so they need no
+        place in the block's key: an id unique to every answer kept its block from being reused
+        and churned the kept ones (an answer's header and trailer blocks with an id: 3.5-4.0 ->
+        2.4-2.6 us; without one 0.67 -> 0.77 us, the loop below)."""
+        if not message:
+            for name, _ in trailing:
+                if name not in _INDEXED_TRAILER_NAMES:
+                    break
+            else:  # the usual answer: nothing but repeating fields
+                return self._kept((code, trailing, start), lambda: self._status(code, trailing, start))
+        indexed = tuple(f for f in trailing if f[0].lower() in _INDEXED_TRAILER_NAMES)
+        parts = [self._kept((code, indexed, start), lambda: self._status(code, indexed, start))]
+        if message:
+            parts.append(_literal(b"grpc-message", _percent_encoded(message)))
+        for name, value in trailing:
+            if name.lower() not in _INDEXED_TRAILER_NAMES:
+                parts.append(_literal(name.lower().encode("ascii"), _ascii(str(value))))
+        return b"".join(parts)
 
     def _kept(self, key: tuple, encode) -> bytes:
         """A block is a function of its fields and the table: kept until the table changes, as
@@ -174,13 +192,10 @@ class _Encoder:
     def _headers(self) -> bytes:
         return self._start() + b"\x88" + self.field(*_CONTENT_TYPE, True)  # :status 200 is static entry 8
 
-    def _status(self, code: str | None, message: str, trailing: tuple, start: bool) -> bytes:
+    def _status(self, code: str | None, indexed: tuple, start: bool) -> bytes:
         parts = [self._start() if start else b"", self.field(b"grpc-status", b"%d" % (_CODES[code] if code else 0), True)]
-        if message:
-            parts.append(self.field(b"grpc-message", _percent_encoded(message), False))
-        for name, value in trailing:
-            name = name.lower().encode("ascii")
-            parts.append(self.field(name, _ascii(str(value)), name in _INDEXED_TRAILERS))
+        for name, value in indexed:
+            parts.append(self.field(name.lower().encode("ascii"), _ascii(str(value)), True))
         return b"".join(parts)
 
 
