@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from hotserve.envvars import ADMIN_TOKEN as ENV_VAR
+from hotserve import envvars
 
 
 def call(url: str, token: str | None, method: str, path: str, body: dict | bytes | None = None, timeout: float = 120.0,
@@ -53,7 +53,7 @@ def add_commands(sub) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("model")
         p.add_argument("--url", default="http://localhost:8501", help="the server's REST address (default http://localhost:8501)")
-        p.add_argument("--token", default=None, help=f"admin token (default: ${ENV_VAR})")
+        p.add_argument("--token", default=None, help=f"admin token (default: ${envvars.ADMIN_TOKEN})")
 
     p = sub.add_parser("rollback", help="serve an earlier version now (pins it; instant if it is still loaded), "
                                         "or with --revision V.R an earlier parameter revision of a loaded version")
@@ -101,17 +101,18 @@ def add_commands(sub) -> None:
     p.set_defaults(func=lambda a: _show(a))
 
 
-def _token(args) -> str | None:
-    return args.token or os.environ.get(ENV_VAR)
+def token_of(args: argparse.Namespace) -> str | None:
+    """--token, else $HOTSERVE_ADMIN_TOKEN."""
+    return args.token or os.environ.get(envvars.ADMIN_TOKEN)
 
 
 def _run(args, action: str, body: dict) -> int:
-    _print_routing(call(args.url, _token(args), "POST", f"/v1/admin/models/{args.model}/{action}", body))
+    _print_routing(call(args.url, token_of(args), "POST", f"/v1/admin/models/{args.model}/{action}", body))
     return 0
 
 
 def _show(args) -> int:
-    _print_routing(call(args.url, _token(args), "GET", f"/v1/admin/models/{args.model}"))
+    _print_routing(call(args.url, token_of(args), "GET", f"/v1/admin/models/{args.model}"))
     try:  # continuous learning, when the server has a feedback store
         learning = call(args.url, None, "GET", f"/v1/models/{args.model}/learning", timeout=10.0)
     except SystemExit:
@@ -145,7 +146,7 @@ def _print_learning(s: dict) -> None:
 def _rollback(args) -> int:
     if args.revision is None:
         return _run(args, "rollback", {"to": args.to})
-    r = call(args.url, _token(args), "POST", f"/v1/admin/models/{args.model}/rollback", {"revision": args.revision})
+    r = call(args.url, token_of(args), "POST", f"/v1/admin/models/{args.model}/rollback", {"revision": args.revision})
     print(f"model {r['model']} version {r['version']}: serving revision {r['revision']} ({r['applied_ms']:.1f} ms)")
     return 0
 
@@ -157,14 +158,14 @@ def _update(args) -> int:
     path = f"/v1/models/{args.model}/versions/{args.version}:update_parameters"
     if args.expect_revision is not None:
         path += f"?expect_revision={args.expect_revision}"
-    r = call(args.url, _token(args), "POST", path, data,
+    r = call(args.url, token_of(args), "POST", path, data,
              content_type="application/x-safetensors" if binary else "application/json")
     print(f"model {r['model']} version {r['version']}: serving revision {r['revision']} (applied in {r['applied_ms']:.1f} ms)")
     return 0
 
 
 def _compact(args) -> int:
-    r = call(args.url, _token(args), "POST", f"/v1/admin/models/{args.model}/compact", {"version": args.version},
+    r = call(args.url, token_of(args), "POST", f"/v1/admin/models/{args.model}/compact", {"version": args.version},
              timeout=600.0)
     src = r["from"]
     print(f"model {r['model']}: published version {r['version']} from version {src['version']} revision {src['revision']}")

@@ -211,7 +211,7 @@ def _admin_token(args: argparse.Namespace) -> str | None:
     """--admin_token_file, else --admin_token (which warns), else HOTSERVE_ADMIN_TOKEN."""
     import os
 
-    from hotserve.envvars import ADMIN_TOKEN as ENV_VAR
+    from hotserve import envvars
 
     if args.admin_token_file:
         with open(args.admin_token_file, encoding="utf-8") as f:
@@ -222,9 +222,9 @@ def _admin_token(args: argparse.Namespace) -> str | None:
     if args.admin_token:
         logging.getLogger("hotserve.server").warning(
             "--admin_token on the command line is readable by every local user (/proc/<pid>/cmdline, ps); "
-            "pass it with --admin_token_file or %s instead", ENV_VAR)
+            "pass it with --admin_token_file or %s instead", envvars.ADMIN_TOKEN)
         return args.admin_token
-    return os.environ.get(ENV_VAR) or None
+    return os.environ.get(envvars.ADMIN_TOKEN) or None
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

@@ -6,7 +6,6 @@ torch) wait until the command runs."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Callable
 
@@ -21,7 +20,7 @@ def _ratio(text: str) -> float:
 def add_commands(sub, _flag: Callable[..., None], _non_negative: Callable[[type], Callable[[str], float]]) -> None:
     """Add `optimize` to the subcommands with the serve command's flag helpers: _flag(parser,
     name, **kw) adds --name and --na-me, _non_negative(int|float) parses a number >= 0."""
-    from hotserve.server.auth import ENV_VAR
+    from hotserve import envvars
 
     _count, _non_negative_float = _non_negative(int), _non_negative(float)
 
@@ -65,7 +64,7 @@ def add_commands(sub, _flag: Callable[..., None], _non_negative: Callable[[type]
     _flag(p, "url", default=None,
           help="a running server's REST address: --canary goes through its management API (default: write the "
                "routing intent into the repository's routing store)")
-    _flag(p, "token", default=None, help=f"admin token for --url (default: ${ENV_VAR})")
+    _flag(p, "token", default=None, help=f"admin token for --url (default: ${envvars.ADMIN_TOKEN})")
     _flag(p, "model_name", default="default", help="the model's name on the server at --url (default 'default')")
     _flag(p, "feedback_store", default=None, metavar="URL",
           help="with --eval feedback: the learning store (redis://host:port/db, sqlite:///path, or the server's "
@@ -80,7 +79,7 @@ def add_commands(sub, _flag: Callable[..., None], _non_negative: Callable[[type]
 def _cmd_optimize(args: argparse.Namespace) -> int:
     from hotserve.compress.optimize import OptimizeError, Options, run
     from hotserve.compress.publishing import CanaryError
-    from hotserve.server.auth import ENV_VAR
+    from hotserve.admin_client import token_of
 
     opts = Options(
         model_base_path=args.model_base_path, eval=args.eval, version=args.version, quantize=args.quantize,
@@ -88,7 +87,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         optimize_graph=args.optimize_graph, metric=args.metric, output=args.output,
         max_metric_drop=args.max_metric_drop, min_speedup=args.min_speedup, batch_size=args.batch_size,
         runs=args.runs, intra_op=args.intra_op, inter_op=args.inter_op, publish=args.publish, canary=args.canary,
-        url=args.url, token=args.token or os.environ.get(ENV_VAR), model_name=args.model_name, workdir=args.workdir,
+        url=args.url, token=token_of(args), model_name=args.model_name, workdir=args.workdir,
         feedback_store=args.feedback_store or args.learning_dir, feedback_examples=args.feedback_examples)
     say = lambda msg: print(msg, flush=True)
     try:

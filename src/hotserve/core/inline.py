@@ -40,7 +40,7 @@ def inline_ok(table: RouteTable, limit_us: float, previous: bool = False) -> boo
         return False
     if lv.servable.runtime == "python":
         return False  # Python code can block (or hang) without releasing the loop: it keeps its threads
-    recent = list(lv.stats.events)[-STATS_RECENT:]  # the whole window during a canary split
+    recent = list(lv.stats.events)[-STATS_RECENT:]  # a version that was in a canary split keeps more until it narrows
     if len(recent) < SAMPLES:
         return previous
     times = sorted(e[2] for e in recent)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 
-from hotserve.envvars import ADMIN_TOKEN as ENV_VAR
+from hotserve import envvars
 from hotserve.errors import PermissionDenied, Unauthenticated
 
 
@@ -21,7 +21,7 @@ class AdminAuth:
         """`authorization` is the Authorization header / metadata value ("Bearer <token>")."""
         if self.token is None:
             raise PermissionDenied(
-                f"the management API is off: start hotserve with --admin_token or {ENV_VAR} to enable it"
+                f"the management API is off: start hotserve with --admin_token or {envvars.ADMIN_TOKEN} to enable it"
             )
         if not authorization:
             raise Unauthenticated("missing admin token: send 'Authorization: Bearer <token>'")

@@ -25,7 +25,7 @@ from typing import Any, AsyncIterator, Callable
 
 import orjson
 
-from hotserve.envvars import PEER_DIR as ENV_DIR
+from hotserve import envvars
 from hotserve.observability import metrics
 
 log = logging.getLogger("hotserve.peers")
@@ -162,7 +162,7 @@ class Peers:
 
 
 def from_env(worker: int | str | None) -> Peers | None:
-    directory = os.environ.get(ENV_DIR)
+    directory = os.environ.get(envvars.PEER_DIR)
     if worker is None or not directory:
         return None
     return Peers(directory, str(worker))

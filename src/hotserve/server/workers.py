@@ -24,7 +24,7 @@ import threading
 import time
 
 from hotserve.observability.process import rss_of
-from hotserve.envvars import PEER_DIR as PEER_DIR_ENV
+from hotserve import envvars
 from hotserve.server.sockets import bind_socket
 
 log = logging.getLogger("hotserve.workers")
@@ -80,7 +80,7 @@ class Supervisor:
     def _spawn(self, i: int) -> None:
         cmd = [sys.executable, "-m", "hotserve", "serve", *self._argv, "--worker_id", str(i)]
         self._procs[i] = subprocess.Popen(cmd, preexec_fn=_die_with_parent, env={**os.environ, "HOTSERVE_WORKER_ID": str(i),
-                                                        PEER_DIR_ENV: self.peer_dir})
+                                                        envvars.PEER_DIR: self.peer_dir})
         self._started[i] = time.monotonic()
         log.info("worker %d started (pid %d)", i, self._procs[i].pid)
 
