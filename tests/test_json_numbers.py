@@ -95,16 +95,22 @@ def test_only_rectangular_numbers_under_the_one_key_take_the_fast_parse():
     assert json_numbers.parse(memoryview(FAST[0]), _KEYS) is None  # bytes only
 
 
-def test_each_thread_parses_with_its_own_parser():
+def test_threads_take_the_one_parser_in_turn_and_keep_their_arrays():
+    # The process has one simdjson parser behind a lock: every thread gets its own numbers, and
+    # an array read earlier is not overwritten by a later parse (the numbers are copied out).
     bodies = [orjson.dumps({"instances": [[float(i)] * 8] * 4}) for i in range(8)]
+    v2_bodies = [_v2(f"[{i},{i},{i}]") for i in range(8)]
     errors: list[str] = []
+    kept: list[tuple[int, object, object]] = []
 
     def work(i: int) -> None:
         for _ in range(300):
             doc = json_numbers.parse(bodies[i], _KEYS)
-            if doc is None or not (doc["instances"] == i).all():
+            infer = json_numbers.parse_infer(v2_bodies[i])
+            if doc is None or not (doc["instances"] == i).all() or infer is None or not (infer["inputs"][0]["data"] == i).all():
                 errors.append(f"thread {i}")
                 return
+            kept.append((i, doc["instances"], infer["inputs"][0]["data"]))
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
     for t in threads:
@@ -112,6 +118,8 @@ def test_each_thread_parses_with_its_own_parser():
     for t in threads:
         t.join(60)
     assert errors == []
+    assert len(kept) == 8 * 300
+    assert all((a == i).all() and (b == i).all() for i, a, b in kept)
 
 
 # -- KServe V2 infer bodies (json_numbers.parse_infer, through v2.decode_infer) ----------------
