@@ -215,3 +215,14 @@ def test_v2_bodies_of_other_types_are_turned_away_before_the_parse(monkeypatch):
     monkeypatch.setattr(json_numbers, "_with_parser", no_parse)
     for datatype, data in (("INT32", "[1,2,3]"), ("BYTES", '["a","b","c"]'), ("BOOL", "[true,false,true]")):
         assert json_numbers.parse_infer(_v2(data, datatype)) is None
+
+
+@pytest.mark.parametrize("body", [
+    b"", b"[", b"[[1,2],[3,4]]", b"x" * 2000 + b"[" + b"y" * 2000 + b"[", b"[" * 5 + b"z" * 5000,
+    b"[" + b"1," * 3000 + b"]", b"[" * 3 + b"q" * 600 + b"[",
+])
+def test_occurs_says_what_count_says(body):
+    # The find chain (large bodies) and count (small ones) must agree with bytes.count exactly.
+    n = body.count(b"[")
+    for expected in range(max(0, n - 2), n + 3):
+        assert json_numbers._occurs(body, b"[", expected) is (n == expected), (body[:20], expected)

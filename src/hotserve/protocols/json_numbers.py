@@ -19,7 +19,8 @@ simdjson cannot give exactly as orjson does turns the whole body to the general 
 Why the bracket count: simdjson flattens nested arrays when it copies numbers out, so a row
 hiding a deeper array (`[[1, 2], [3, [4]]]`) would pass the length checks. In a body whose keys
 are fixed names, whose `signature_name` holds no `[` and whose array holds only numbers, every
-`[` is an array's start, so counting them (a C-level scan) proves there is no deeper one.
+`[` is an array's start, so counting them (a C-level scan: memchr for bodies of large rows) proves
+there is no deeper one.
 """
 
 from __future__ import annotations
@@ -66,10 +67,30 @@ def _with_parser(read, body: bytes, *args):
             return None
 
 
+# Below this many body bytes per expected occurrence, bytes.count beats a chain of finds.
+_FIND_BYTES_PER_HIT = 512
+
+
+def _occurs(body: bytes, char: bytes, expected: int) -> bool:
+    """Whether the byte `char` occurs exactly `expected` times in body. bytes.find is memchr
+    (SIMD) where bytes.count steps byte by byte: over a 173 KB batch-32 body with 33 arrays,
+    34 finds take 10 us against 77 us for count, over a 5 KB row 0.6 against 1.7 us. A body of
+    many tiny rows (a thousand 2-value rows: 135 vs 3 us) keeps count."""
+    if len(body) < expected * _FIND_BYTES_PER_HIT:
+        return body.count(char) == expected
+    find = body.find
+    i = -1
+    for _ in range(expected):
+        i = find(char, i + 1)
+        if i < 0:
+            return False
+    return find(char, i + 1) < 0
+
+
 def parse(body: bytes, keys: tuple[str, ...]) -> NumbersDoc | None:
     """The body as {key: array} when it is `{"<key>": <rectangular numbers>}` for one of keys,
     with an optional `"signature_name": "<name>"`."""
-    if type(body) is not bytes or body.count(b"{") != 1:
+    if type(body) is not bytes or not _occurs(body, b"{", 1):
         return None
     fields = _with_parser(_read, body, keys)
     if fields is None:
@@ -110,7 +131,7 @@ def _read(parser, body: bytes, keys: tuple[str, ...]) -> dict | None:
             arrays = rows + 1
         else:
             shape, arrays = (rows,), 1
-        if body.count(b"[") != arrays:
+        if not _occurs(body, b"[", arrays):
             return None
         out[key] = np.frombuffer(values.as_buffer(of_type="d"), dtype=np.float64).reshape(shape)
     except (ValueError, TypeError):
@@ -169,7 +190,7 @@ def _read_infer(parser, body: bytes) -> dict | None:
             out["inputs"] = _plain(inputs, arrays)
     except (ValueError, TypeError, KeyError):
         return None
-    return out if body.count(b"[") == arrays[0] else None
+    return out if _occurs(body, b"[", arrays[0]) else None
 
 
 def _plain(value, arrays: list, skip: str = ""):
