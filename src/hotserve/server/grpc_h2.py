@@ -163,13 +163,15 @@ class _Encoder:
                     break
             else:  # the usual answer: nothing but repeating fields
                 return self._kept((code, trailing, start), lambda: self._status(code, trailing, start))
-        indexed = tuple(f for f in trailing if f[0].lower() in _INDEXED_TRAILER_NAMES)
+        indexed, literals = [], []
+        for field in trailing:  # the same rule as above: gRPC metadata names are lower-case already
+            (indexed if field[0] in _INDEXED_TRAILER_NAMES else literals).append(field)
+        indexed = tuple(indexed)
         parts = [self._kept((code, indexed, start), lambda: self._status(code, indexed, start))]
         if message:
             parts.append(_literal(b"grpc-message", _percent_encoded(message)))
-        for name, value in trailing:
-            if name.lower() not in _INDEXED_TRAILER_NAMES:
-                parts.append(_literal(name.lower().encode("ascii"), _ascii(str(value))))
+        for name, value in literals:
+            parts.append(_literal(name.lower().encode("ascii"), _ascii(str(value))))
         return b"".join(parts)
 
     def _kept(self, key: tuple, encode) -> bytes:
