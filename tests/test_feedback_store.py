@@ -199,3 +199,84 @@ def test_sqlite_index_writer_is_started_again_after_it_died(tmp_path):
         assert res.accepted == 2 and res.unknown_request_ids == []
     finally:
         store.close()
+
+
+def _server_ids(prefix: str, counters: list[int]) -> list[str]:
+    return [f"{prefix}{c:016x}" for c in counters]
+
+
+def test_server_made_ids_join_each_to_its_own_request(make_store):
+    """Ids the server makes (a process prefix and a counter) answered out of order, with a
+    straggler far behind and a client's uuid4().hex and a free-form id in the same batch: each
+    label joins to its own request, and an id never logged (a counter inside a logged range)
+    is unknown."""
+    store = make_store()
+    now = time.time()
+    ids = _server_ids("0123456789abcdef", [7, 5, 6, 9, 1, 8]) + ["9f1c2d3e4b5a69788796a5b4c3d2e1f0", "client-42"]
+    n = len(ids)
+    xs = [np.full((1, 2), k, np.float32) for k in range(n)]
+    store.log_predictions([PredictionBatch("m", 1, ids, [now] * n, {"x": xs},
+                                           {"p": [np.zeros((1, 1), np.float32)] * n})])
+    never = _server_ids("0123456789abcdef", [2, 3]) + _server_ids("0123456789abcdee", [7])
+    res = store.add_feedback("m", [_label(rid, 1.0) for rid in ids + never], [], now)
+    assert res.accepted == n and res.unknown_request_ids == never
+    got = {e.request_id: float(e.inputs["x"][0]) for e in store.examples_after("m", None, 100)}
+    assert got == {rid: float(k) for k, rid in enumerate(ids)}
+
+
+def test_server_made_ids_far_apart_in_one_batch(make_store):
+    """Counters more than a run's span apart (a request that took long to answer) still join."""
+    from hotserve.learning import id_runs
+
+    store = make_store()
+    now = time.time()
+    counters = [3, 4, 3 + 3 * id_runs.SPAN, 5 + 10 * id_runs.SPAN, 2]
+    ids = _server_ids("00000000000000ff", counters)
+    n = len(ids)
+    store.log_predictions([PredictionBatch("m", 1, ids, [now - k for k in range(n)],
+                                           {"x": [np.full((1, 2), k, np.float32) for k in range(n)]},
+                                           {"p": [np.zeros((1, 1), np.float32)] * n})])
+    res = store.add_feedback("m", [_label(rid, 1.0) for rid in reversed(ids)], [], now)
+    assert res.accepted == n and res.unknown_request_ids == []
+    got = {e.request_id: (float(e.inputs["x"][0]), e.predicted_at) for e in store.examples_after("m", None, 100)}
+    assert got == {rid: (float(k), pytest.approx(now - k)) for k, rid in enumerate(ids)}
+
+
+def test_id_runs_pack_and_split():
+    from hotserve.learning import id_runs
+
+    assert id_runs.packed("00000000000000ff" + "0" * 15 + "7") == (255, 7)
+    assert id_runs.packed("ffffffffffffffff" + "f" * 16) == (-1, -1)  # signed, as SQLite stores them
+    for not_packed in ["0" * 31, "0" * 33, "A" * 32, "g" * 32, " " + "0" * 31, "client-42"]:
+        assert id_runs.packed(not_packed) is None
+    ids = _server_ids("0" * 16, [1, 2]) + ["x", "F" * 32] + _server_ids("1" * 16, [1])
+    assert id_runs.split(ids) == ([0, 1, 4], [2, 3])
+    runs = list(id_runs.runs(ids, [10.0, 11.0, 12.0, 13.0, 14.0], [0, 1, 4]))
+    assert sorted((p, a, b) for p, a, b, *_ in runs) == [(0, 1, 2), (0x1111111111111111, 1, 1)]
+    for prefix, first, last, counters, rows, times in runs:
+        for c in range(first, last + 1):
+            k, t = id_runs.find(c, counters, rows, times)
+            assert ids[k] == f"{prefix:016x}{c:016x}" and t == 10.0 + k
+
+
+def test_sqlite_database_from_before_runs_is_upgraded(tmp_path):
+    """A feedback database made before request ids were packed as runs gets the new columns."""
+    import sqlite3
+
+    d = tmp_path / "learning"
+    d.mkdir()
+    conn = sqlite3.connect(d / "feedback.sqlite")
+    conn.executescript(
+        "CREATE TABLE prediction_chunks (id INTEGER PRIMARY KEY, model TEXT NOT NULL, version INTEGER NOT NULL,"
+        " t_last REAL NOT NULL, segment TEXT NOT NULL, offset INTEGER NOT NULL, inputs_len INTEGER NOT NULL,"
+        " outputs_len INTEGER NOT NULL, first_id INTEGER NOT NULL, last_id INTEGER NOT NULL);")
+    conn.close()
+    store = open_store(str(d))
+    try:
+        cols = {r[1] for r in store._conn().execute("PRAGMA table_info(prediction_chunks)")}
+        assert {"n", "first_run", "last_run"} <= cols
+        now = time.time()
+        store.log_predictions([_pred(_server_ids("0" * 16, [1])[0], 1.0, now)])
+        assert store.add_feedback("m", [_label(_server_ids("0" * 16, [1])[0], 1.0)], [], now).accepted == 1
+    finally:
+        store.close()

@@ -161,3 +161,36 @@ def test_a_record_that_cannot_be_grouped_is_counted_and_the_writer_goes_on():
     plog.stop()
     assert store.ids == ["r0", "r1"]
     assert metrics.PREDICTION_LOG.value(("plog", "failed")) - failed0 == 1
+
+
+class _Recording:
+    url = "memory://recording"
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.wrote = threading.Event()
+
+    def log_predictions(self, batches) -> None:
+        self.batches.extend(list(b.request_ids) for b in batches)
+        self.wrote.set()
+
+
+def test_a_burst_ends_the_linger(monkeypatch):
+    """The writer gathers for a while after the first request, but a quarter of the queue's
+    capacity waiting writes at once: a burst cannot fill the queue during the linger."""
+    import hotserve.learning.prediction_log as pl
+
+    monkeypatch.setattr(pl, "_LINGER", 120.0)  # longer than the test's bound: only the burst can end it
+    store = _Recording()
+    plog = PredictionLog(store, lambda m: 1.0, capacity=40).start()
+    lv = SimpleNamespace(version=1)
+    try:
+        for i in range(9):  # the first wakes the writer, which lingers; the tenth would be the quarter
+            plog(_call(i), lv, None, None)
+        assert not store.wrote.wait(0.3) and plog.depth == 9
+        for i in range(9, 12):
+            plog(_call(i), lv, None, None)
+        assert store.wrote.wait(30)
+        assert store.batches[0][:10] == [f"r{i}" for i in range(10)]
+    finally:
+        plog.stop()

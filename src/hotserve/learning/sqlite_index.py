@@ -10,7 +10,7 @@ pipe and waits for the commit.
 Frames both ways are a 4-byte little-endian length and a JSON body. Request: a list of chunks
 `[model, version, segment, offset, inputs_len, outputs_len, [request ids], [times]]`; answer:
 `{"ok": true}` or `{"error": "..."}`. The child ends at EOF on its stdin (its parent closed the
-pipe or died). This module imports only the standard library and orjson: it starts in ~50 ms.
+pipe or died).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import sys
 import threading
 
 import orjson
+
+from hotserve.learning import id_runs
 
 _ROWS_PER_INSERT = 500  # one INSERT of many rows: SQLite's limit on bound parameters is 32766
 
@@ -55,24 +57,34 @@ def bump(conn: sqlite3.Connection, model: str, name: str, n: int) -> None:
 
 
 def write_chunks(conn: sqlite3.Connection, chunks: list) -> None:
-    """One transaction: each chunk's row and its request ids."""
+    """One transaction: each chunk's row, its ids that pack as runs (one row a run, id_runs.py)
+    and its other ids one row each."""
     per_model: dict[str, int] = {}
     conn.execute("BEGIN IMMEDIATE")
     try:
-        # Ids are assigned here (the transaction holds the write lock) so each chunk knows its
-        # range of prediction_ids, which is how retention deletes them without another index.
+        # Row ids are assigned here (the transaction holds the write lock) so each chunk knows
+        # its ranges of prediction_ids and prediction_runs, which is how retention deletes them
+        # without another index.
         next_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM prediction_ids").fetchone()[0] + 1
+        next_run = conn.execute("SELECT COALESCE(MAX(id), 0) FROM prediction_runs").fetchone()[0] + 1
         for model, version, segment, offset, n_in, n_out, ids, times in chunks:
-            first = next_id
-            next_id += len(ids)
+            packs, one_each = id_runs.split(ids)
+            runs = list(id_runs.runs(ids, times, packs))
+            first, first_run = next_id, next_run
+            next_id += len(one_each)
+            next_run += len(runs)
             chunk = conn.execute(
                 "INSERT INTO prediction_chunks (model, version, t_last, segment, offset, inputs_len, outputs_len,"
-                " first_id, last_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (model, version, max(times), segment, offset, n_in, n_out, first, next_id - 1)).lastrowid
-            for i in range(0, len(ids), _ROWS_PER_INSERT):
-                part = ids[i:i + _ROWS_PER_INSERT]
-                conn.execute(_insert_ids(len(part)), [v for k, rid in enumerate(part, first + i)
-                                                      for v in (k, model, rid, chunk, k - first, times[k - first])])
+                " first_id, last_id, n, first_run, last_run) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (model, version, max(times), segment, offset, n_in, n_out, first, next_id - 1, len(ids),
+                 first_run, next_run - 1)).lastrowid
+            conn.executemany("INSERT INTO prediction_runs (id, model, prefix, first, last, chunk, counters, rows, times)"
+                             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             [(i, model, *run[:3], chunk, *run[3:]) for i, run in enumerate(runs, first_run)])
+            for i in range(0, len(one_each), _ROWS_PER_INSERT):
+                part = one_each[i:i + _ROWS_PER_INSERT]
+                conn.execute(_insert_ids(len(part)), [v for j, k in enumerate(part, first + i)
+                                                      for v in (j, model, ids[k], chunk, k, times[k])])
             per_model[model] = per_model.get(model, 0) + len(ids)
         for model, n in per_model.items():
             bump(conn, model, "predictions_logged_total", n)

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from hotserve.learning import tensors
+from hotserve.learning import id_runs, tensors
 from hotserve.learning.segments import SegmentFiles
 from hotserve.learning.sqlite_index import IndexWriter, bump, connect, set_durable
 from hotserve.learning.store import Example, FeedbackResult, Label, NewExample, PredictionBatch, Retention, StoreStats
@@ -31,10 +31,17 @@ DROP TABLE IF EXISTS predictions;                -- an earlier layout: tensors a
 CREATE TABLE IF NOT EXISTS prediction_chunks (  -- one per (model, version, signature) group of a writer batch
     id INTEGER PRIMARY KEY, model TEXT NOT NULL, version INTEGER NOT NULL, t_last REAL NOT NULL,
     segment TEXT NOT NULL, offset INTEGER NOT NULL, inputs_len INTEGER NOT NULL, outputs_len INTEGER NOT NULL,
-    first_id INTEGER NOT NULL, last_id INTEGER NOT NULL   -- its rows of prediction_ids: retention deletes the range
+    first_id INTEGER NOT NULL, last_id INTEGER NOT NULL,  -- its rows of prediction_ids: retention deletes the range
+    n INTEGER NOT NULL DEFAULT 0,                        -- requests in it
+    first_run INTEGER NOT NULL DEFAULT 1, last_run INTEGER NOT NULL DEFAULT 0  -- its rows of prediction_runs
 );
 CREATE INDEX IF NOT EXISTS prediction_chunks_by_time ON prediction_chunks (t_last);
-CREATE TABLE IF NOT EXISTS prediction_ids (     -- the join: request id -> row k of a chunk
+CREATE TABLE IF NOT EXISTS prediction_runs (    -- the join for ids that pack (id_runs.py): many ids a row
+    id INTEGER PRIMARY KEY, model TEXT NOT NULL, prefix INTEGER NOT NULL, first INTEGER NOT NULL,
+    last INTEGER NOT NULL, chunk INTEGER NOT NULL, counters BLOB NOT NULL, rows BLOB NOT NULL, times BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS prediction_runs_by_counter ON prediction_runs (model, prefix, first, last);
+CREATE TABLE IF NOT EXISTS prediction_ids (     -- the join for other ids: request id -> row k of a chunk
     id INTEGER PRIMARY KEY, model TEXT NOT NULL, request_id TEXT NOT NULL, chunk INTEGER NOT NULL,
     k INTEGER NOT NULL, time REAL NOT NULL
 );
@@ -58,6 +65,20 @@ CREATE INDEX IF NOT EXISTS learner_log_by_model ON learner_log (model, id);
 """
 
 _LEARNER_LOG_KEEP = 1000
+# Columns a database made before prediction_runs lacks (its chunks keep the defaults: no runs).
+_CHUNK_COLUMNS_SINCE_RUNS = {"n": "INTEGER NOT NULL DEFAULT 0", "first_run": "INTEGER NOT NULL DEFAULT 1",
+                             "last_run": "INTEGER NOT NULL DEFAULT 0"}
+
+
+def _add_columns(conn: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+    for name, decl in columns.items():
+        if name not in have:
+            try:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+            except sqlite3.OperationalError as exc:  # another process added it first
+                if "duplicate column" not in str(exc):
+                    raise
 
 
 class SqliteStore:
@@ -76,6 +97,7 @@ class SqliteStore:
         self.index = IndexWriter(self.path)
         conn = self._conn()
         conn.executescript(_SCHEMA)
+        _add_columns(conn, "prediction_chunks", _CHUNK_COLUMNS_SINCE_RUNS)
 
     def _conn(self, durable: bool = True) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -105,13 +127,12 @@ class SqliteStore:
                        cache: dict) -> tuple[int, float, dict[str, np.ndarray]] | None:
         """(version, predicted_at, the request's inputs) of a logged prediction still inside the
         label window, or None. `cache` keeps decoded chunks for the rest of one feedback call."""
-        row = conn.execute(
-            "SELECT i.k, i.time, c.id, c.version, c.segment, c.offset, c.inputs_len FROM prediction_ids i"
-            " JOIN prediction_chunks c ON c.id = i.chunk WHERE i.model = ? AND i.request_id = ?",
-            (model, request_id)).fetchone()
-        if row is None or row[1] < oldest:
+        found = self._logged_row(conn, model, request_id)
+        if found is None or found[1] < oldest:
             return None
-        k, predicted_at, chunk, version, segment, offset, length = row
+        k, predicted_at, chunk = found
+        version, segment, offset, length = conn.execute(
+            "SELECT version, segment, offset, inputs_len FROM prediction_chunks WHERE id = ?", (chunk,)).fetchone()
         if chunk not in cache:
             blob = self.segments.read(segment, offset, length)
             cache[chunk] = None if blob is None else tensors.decode(blob, copy=False)  # one row is re-encoded
@@ -119,6 +140,23 @@ class SqliteStore:
         if stacked is None:
             return None
         return version, predicted_at, tensors.row(stacked, k)
+
+    @staticmethod
+    def _logged_row(conn: sqlite3.Connection, model: str, request_id: str) -> tuple[int, float, int] | None:
+        """(row k in its chunk, time, chunk) of a logged request id, the first logged if several."""
+        packed = id_runs.packed(request_id)
+        if packed is not None:
+            prefix, counter = packed
+            lo, hi = id_runs.lookup_bounds(counter)
+            for chunk, counters, rows, times in conn.execute(
+                    "SELECT chunk, counters, rows, times FROM prediction_runs WHERE model = ? AND prefix = ?"
+                    " AND first BETWEEN ? AND ? AND last >= ? ORDER BY id", (model, prefix, lo, hi, counter)):
+                hit = id_runs.find(counter, counters, rows, times)
+                if hit is not None:
+                    return hit[0], hit[1], chunk
+        # Ids that do not pack, and any logged before runs existed.
+        return conn.execute("SELECT k, time, chunk FROM prediction_ids WHERE model = ? AND request_id = ?",
+                            (model, request_id)).fetchone()
 
     def add_feedback(self, model: str, labels: Sequence[Label], examples: Sequence[NewExample],
                      now: float) -> FeedbackResult:
@@ -197,10 +235,12 @@ class SqliteStore:
                         removed["examples"] += conn.execute("DELETE FROM examples WHERE model = ? AND seq <= ?",
                                                             (model, cut[0])).rowcount
             cutoff = now - r.label_window_seconds
-            stale = conn.execute("SELECT first_id, last_id FROM prediction_chunks WHERE t_last < ?", (cutoff,)).fetchall()
-            for first, last_id in stale:
-                removed["predictions"] += conn.execute("DELETE FROM prediction_ids WHERE id BETWEEN ? AND ?",
-                                                       (first, last_id)).rowcount
+            stale = conn.execute("SELECT first_id, last_id, first_run, last_run, n FROM prediction_chunks WHERE t_last < ?",
+                                 (cutoff,)).fetchall()
+            for first, last_id, first_run, last_run, n in stale:
+                one_each = conn.execute("DELETE FROM prediction_ids WHERE id BETWEEN ? AND ?", (first, last_id)).rowcount
+                removed["predictions"] += max(n, one_each)  # a chunk written before n existed has 0
+                conn.execute("DELETE FROM prediction_runs WHERE id BETWEEN ? AND ?", (first_run, last_run))
             conn.execute("DELETE FROM prediction_chunks WHERE t_last < ?", (cutoff,))
             conn.execute("COMMIT")
         except BaseException:
@@ -229,11 +269,13 @@ class SqliteStore:
         oldest = now - self.retention.label_window_seconds
         counters = dict(conn.execute("SELECT name, value FROM counters WHERE model = ?", (model,)).fetchall())
         stored, last = conn.execute("SELECT COUNT(*), MAX(seq) FROM examples WHERE model = ?", (model,)).fetchone()
-        pending = conn.execute(
-            "SELECT COUNT(*) FROM prediction_chunks c JOIN prediction_ids p ON p.id BETWEEN c.first_id AND c.last_id"
-            " WHERE c.model = ? AND c.t_last >= ? AND p.time >= ? AND NOT EXISTS"
-            " (SELECT 1 FROM examples e WHERE e.model = p.model AND e.request_id = p.request_id)",
-            (model, oldest, oldest)).fetchone()[0]
+        # Logged in the window less those labelled: per chunk and per example, not per id (a
+        # chunk's requests count from its last one's time).
+        logged = conn.execute("SELECT COALESCE(SUM(n), 0) FROM prediction_chunks WHERE model = ? AND t_last >= ?",
+                              (model, oldest)).fetchone()[0]
+        labelled = conn.execute("SELECT COUNT(DISTINCT request_id) FROM examples WHERE model = ? AND request_id IS NOT NULL"
+                                " AND predicted_at >= ?", (model, oldest)).fetchone()[0]
+        pending = max(0, logged - labelled)
         return StoreStats(stored, counters.get("examples_added_total", 0), counters.get("labels_joined_total", 0),
                           counters.get("predictions_logged_total", 0), pending, None if last is None else str(last))
 
