@@ -10,7 +10,8 @@ pipe and waits for the commit.
 Frames both ways are a 4-byte little-endian length and a JSON body. Request: a list of chunks
 `[model, version, segment, offset, inputs_len, outputs_len, [request ids], [times]]`; answer:
 `{"ok": true}` or `{"error": "..."}`. The child ends at EOF on its stdin (its parent closed the
-pipe or died).
+pipe or died). It imports the standard library and orjson only (id_runs.py too): ~50 ms to
+start and 15 MB resident, where numpy would make it 140 ms and 28 MB, in each worker.
 """
 
 from __future__ import annotations
