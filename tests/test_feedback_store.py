@@ -260,7 +260,8 @@ def test_id_runs_pack_and_split():
 
 
 def test_sqlite_database_from_before_runs_is_upgraded(tmp_path):
-    """A feedback database made before request ids were packed as runs gets the new columns."""
+    """A feedback database made before request ids were packed as runs gets the new columns,
+    and its chunks their request counts."""
     import sqlite3
 
     d = tmp_path / "learning"
@@ -269,12 +270,15 @@ def test_sqlite_database_from_before_runs_is_upgraded(tmp_path):
     conn.executescript(
         "CREATE TABLE prediction_chunks (id INTEGER PRIMARY KEY, model TEXT NOT NULL, version INTEGER NOT NULL,"
         " t_last REAL NOT NULL, segment TEXT NOT NULL, offset INTEGER NOT NULL, inputs_len INTEGER NOT NULL,"
-        " outputs_len INTEGER NOT NULL, first_id INTEGER NOT NULL, last_id INTEGER NOT NULL);")
+        " outputs_len INTEGER NOT NULL, first_id INTEGER NOT NULL, last_id INTEGER NOT NULL);"
+        "INSERT INTO prediction_chunks VALUES (1, 'm', 1, 0.0, 'old.seg', 0, 10, 10, 1, 3);")
     conn.close()
     store = open_store(str(d))
     try:
         cols = {r[1] for r in store._conn().execute("PRAGMA table_info(prediction_chunks)")}
         assert {"n", "first_run", "last_run"} <= cols
+        # The old chunk counts its three requests; its empty run range deletes nothing.
+        assert store._conn().execute("SELECT n, first_run > last_run FROM prediction_chunks WHERE id = 1").fetchone() == (3, 1)
         now = time.time()
         store.log_predictions([_pred(_server_ids("0" * 16, [1])[0], 1.0, now)])
         assert store.add_feedback("m", [_label(_server_ids("0" * 16, [1])[0], 1.0)], [], now).accepted == 1

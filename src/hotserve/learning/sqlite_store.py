@@ -65,20 +65,24 @@ CREATE INDEX IF NOT EXISTS learner_log_by_model ON learner_log (model, id);
 """
 
 _LEARNER_LOG_KEEP = 1000
-# Columns a database made before prediction_runs lacks (its chunks keep the defaults: no runs).
+# Columns a database made before prediction_runs lacks (its chunks get no runs, and n from their ids).
 _CHUNK_COLUMNS_SINCE_RUNS = {"n": "INTEGER NOT NULL DEFAULT 0", "first_run": "INTEGER NOT NULL DEFAULT 1",
                              "last_run": "INTEGER NOT NULL DEFAULT 0"}
 
 
-def _add_columns(conn: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+def _add_columns(conn: sqlite3.Connection, table: str, columns: dict[str, str]) -> bool:
+    """Add the columns the table lacks; whether this call added any."""
     have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+    added = False
     for name, decl in columns.items():
         if name not in have:
             try:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+                added = True
             except sqlite3.OperationalError as exc:  # another process added it first
                 if "duplicate column" not in str(exc):
                     raise
+    return added
 
 
 class SqliteStore:
@@ -97,7 +101,9 @@ class SqliteStore:
         self.index = IndexWriter(self.path)
         conn = self._conn()
         conn.executescript(_SCHEMA)
-        _add_columns(conn, "prediction_chunks", _CHUNK_COLUMNS_SINCE_RUNS)
+        if _add_columns(conn, "prediction_chunks", _CHUNK_COLUMNS_SINCE_RUNS):
+            # An older chunk's requests are its prediction_ids rows, one each.
+            conn.execute("UPDATE prediction_chunks SET n = last_id - first_id + 1 WHERE n = 0")
 
     def _conn(self, durable: bool = True) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -238,8 +244,8 @@ class SqliteStore:
             stale = conn.execute("SELECT first_id, last_id, first_run, last_run, n FROM prediction_chunks WHERE t_last < ?",
                                  (cutoff,)).fetchall()
             for first, last_id, first_run, last_run, n in stale:
-                one_each = conn.execute("DELETE FROM prediction_ids WHERE id BETWEEN ? AND ?", (first, last_id)).rowcount
-                removed["predictions"] += max(n, one_each)  # a chunk written before n existed has 0
+                removed["predictions"] += n
+                conn.execute("DELETE FROM prediction_ids WHERE id BETWEEN ? AND ?", (first, last_id))
                 conn.execute("DELETE FROM prediction_runs WHERE id BETWEEN ? AND ?", (first_run, last_run))
             conn.execute("DELETE FROM prediction_chunks WHERE t_last < ?", (cutoff,))
             conn.execute("COMMIT")
