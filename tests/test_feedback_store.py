@@ -163,6 +163,19 @@ def test_a_batch_of_requests_joins_row_by_row(make_store):
     np.testing.assert_array_equal(got["r2"].inputs["x"], xs[2][1])
     np.testing.assert_array_equal(got["r0"].inputs["x"], xs[0][0])
     assert got["r2"].version == 2
+    # Several tensors, strings among them: each request's own rows, whichever tensor comes first.
+    words = [np.array([[b"a%d" % k], [b"b%d" % k]], dtype=object) for k in range(3)]
+    ids = [np.array([[k], [k + 100]], np.int64) for k in range(3)]
+    store.log_predictions([PredictionBatch("m", 2, ["s0", "s1", "s2"], [now] * 3, {"w": words, "x": xs, "id": ids},
+                                           {"p": [np.full((2, 1), k, np.float32) for k in range(3)]})])
+    res = store.add_feedback("m", [_label("s1", 1.0, row=1), _label("s2", 0.0, row=0)], [], now)
+    assert res.accepted == 2
+    got = {e.request_id: e for e in store.examples_after("m", None, 10)}
+    assert list(got["s1"].inputs) == ["w", "x", "id"]
+    assert got["s1"].inputs["w"].tolist() == [b"b1"] and got["s2"].inputs["w"].tolist() == [b"a2"]
+    np.testing.assert_array_equal(got["s1"].inputs["x"], xs[1][1])
+    np.testing.assert_array_equal(got["s1"].inputs["id"], [101])
+    np.testing.assert_array_equal(got["s2"].inputs["id"], [2])
 
 
 def test_sqlite_segments_go_with_the_label_window(tmp_path):

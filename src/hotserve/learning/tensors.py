@@ -76,6 +76,33 @@ def _framed(header: dict, chunks: list, body_len: int, align: int = 1) -> tuple[
     return [head, *chunks], len(head) + body_len
 
 
+def header_length(prefix: bytes) -> int:
+    """Bytes before a record's body (magic, length, header), from its first 7 bytes."""
+    if prefix[:3] != _MAGIC or len(prefix) < 7:
+        raise ValueError("not a hotserve tensor record")
+    return 7 + struct.unpack_from("<I", prefix, 3)[0]
+
+
+def row_ranges(head: bytes, k: int) -> list[tuple[str, np.ndarray | None, int, int, np.dtype | None, list]]:
+    """Row k of a stacked record, for a reader that fetches one row's bytes instead of the whole
+    record. `head` is the record's first header_length() bytes. In the header's order, each
+    tensor as (name, the row itself for a string tensor (its text is in the header), else None;
+    then the row's offset from the record's start, its length, dtype and shape)."""
+    body = header_length(head)
+    out = []
+    for name, spec in orjson.loads(head[7:body]).items():
+        shape = spec[1]
+        if spec[0] == "str":
+            per_row = int(np.prod(shape[1:], dtype=np.int64))
+            arr = np.empty(per_row, dtype=object)
+            arr[:] = [s.encode() for s in spec[2][k * per_row:(k + 1) * per_row]]
+            out.append((name, arr.reshape(shape[1:]), 0, 0, None, shape[1:]))
+        else:
+            size = spec[3] // shape[0] if shape[0] else 0
+            out.append((name, None, body + spec[2] + k * size, size, np.dtype(spec[0]).newbyteorder("<"), shape[1:]))
+    return out
+
+
 def decode(blob: bytes, copy: bool = True) -> dict[str, np.ndarray]:
     """The tensors of an encoded record; copy=False leaves the numeric ones as read-only views of
     blob (for a reader that takes a row or two of a large record and re-encodes them)."""
