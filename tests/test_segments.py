@@ -46,9 +46,11 @@ def test_appended_batches_read_back_as_stacked_tensors(segs):
     got = _append_and_read(segs, odd)
     np.testing.assert_array_equal(got["x"], np.stack(odd["x"]))
     assert got["s"].tolist() == [[b"a", b"bc"]] * 2
-    # 0-d rows are copied one by one (concatenate has no axis for them).
-    got = _append_and_read(segs, {"v": [np.float64(k) * np.ones(()) for k in range(4)]})
+    # 0-d rows are copied one by one (concatenate has no axis for them); empty ones are nothing.
+    got = _append_and_read(segs, {"v": [np.float64(k) * np.ones(()) for k in range(4)],
+                                  "none": [np.zeros((1, 0), np.float32)] * 4})
     np.testing.assert_array_equal(got["v"], [0.0, 1.0, 2.0, 3.0])
+    assert got["none"].shape == (4, 1, 0)
 
 
 def test_appends_larger_than_the_staging_buffer(segs, monkeypatch):

@@ -98,7 +98,7 @@ class SegmentFiles:
             if type(part) is list:
                 first, i = part[0], 0
                 each = first.nbytes
-                while first.ndim and i < len(part):
+                while first.ndim and each and i < len(part):  # (an empty tensor has nothing to copy)
                     k = min(len(part) - i, (_STAGING - used) // each)
                     if k == 0:
                         if used < _ALIGN:
@@ -113,6 +113,8 @@ class SegmentFiles:
             for piece in pieces:
                 if type(piece) is not bytes:
                     piece = np.ascontiguousarray(piece)  # concatenate takes any strides; a byte view does not
+                    if not piece.nbytes:
+                        continue  # nothing to copy (and no byte view of an empty shape)
                 data = memoryview(piece).cast("B")
                 size = len(data)
                 pos = 0
