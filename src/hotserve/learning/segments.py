@@ -86,7 +86,7 @@ class SegmentFiles:
         """Copy the parts into the staging buffer, writing it out each time it fills; returns the
         bytes written, padding included. A part is a buffer, or a list of arrays of one shape and
         dtype (tensors.encode_rows_parts), copied back to back by concatenate, as many at a time
-        as fit: a per-array copy costs ~0.4 us of bytecode, a concatenate ~0.1 us an array."""
+        as fit: an array copied on its own costs ~0.55 us of bytecode, in a concatenate ~0.2 us."""
         if self._stage is None:
             self._stage = mmap.mmap(-1, _STAGING)
             self._view = memoryview(self._stage)

@@ -56,17 +56,20 @@ def encode_rows_parts(rows: dict[str, list[np.ndarray]]) -> tuple[list, int]:
         first = arrs[0]
         if first.dtype == object or first.dtype.kind in "SU" or first.dtype.str[0] == ">":
             return encode_parts({n: np.stack(a) for n, a in rows.items()})
-        if offset % _ALIGN:
-            chunks.append(bytes(_ALIGN - offset % _ALIGN))
-            offset += _ALIGN - offset % _ALIGN
+        offset = _pad(chunks, offset)
         size = first.nbytes * len(arrs)
         header[name] = [first.dtype.str.lstrip("<>|="), [len(arrs), *first.shape], offset, size]
         chunks.append(arrs)
         offset += size
-    if offset % _ALIGN:
-        chunks.append(bytes(_ALIGN - offset % _ALIGN))
-        offset += _ALIGN - offset % _ALIGN
-    return _framed(header, chunks, offset, _ALIGN)
+    return _framed(header, chunks, _pad(chunks, offset), _ALIGN)
+
+
+def _pad(chunks: list, offset: int) -> int:
+    """Zeros up to the next _ALIGN boundary; the offset after them."""
+    gap = -offset % _ALIGN
+    if gap:
+        chunks.append(bytes(gap))
+    return offset + gap
 
 
 def _framed(header: dict, chunks: list, body_len: int, align: int = 1) -> tuple[list, int]:
@@ -83,44 +86,51 @@ def header_length(prefix: bytes) -> int:
     return 7 + struct.unpack_from("<I", prefix, 3)[0]
 
 
+def _header(blob: bytes) -> tuple[dict[str, list], int]:
+    """A record's header and where its body starts."""
+    body = header_length(blob)
+    return orjson.loads(blob[7:body]), body
+
+
+def _text(values: list[str], shape: list[int]) -> np.ndarray:
+    """A string tensor from the header's text."""
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = [s.encode() for s in values]
+    return arr.reshape(shape)
+
+
+def _numeric(spec: list) -> np.dtype:
+    return np.dtype(spec[0]).newbyteorder("<")
+
+
 def row_ranges(head: bytes, k: int) -> list[tuple[str, np.ndarray | None, int, int, np.dtype | None, list]]:
     """Row k of a stacked record, for a reader that fetches one row's bytes instead of the whole
     record. `head` is the record's first header_length() bytes. In the header's order, each
     tensor as (name, the row itself for a string tensor (its text is in the header), else None;
     then the row's offset from the record's start, its length, dtype and shape)."""
-    body = header_length(head)
+    header, body = _header(head)
     out = []
-    for name, spec in orjson.loads(head[7:body]).items():
+    for name, spec in header.items():
         shape = spec[1]
         if spec[0] == "str":
             per_row = int(np.prod(shape[1:], dtype=np.int64))
-            arr = np.empty(per_row, dtype=object)
-            arr[:] = [s.encode() for s in spec[2][k * per_row:(k + 1) * per_row]]
-            out.append((name, arr.reshape(shape[1:]), 0, 0, None, shape[1:]))
+            out.append((name, _text(spec[2][k * per_row:(k + 1) * per_row], shape[1:]), 0, 0, None, shape[1:]))
         else:
             size = spec[3] // shape[0] if shape[0] else 0
-            out.append((name, None, body + spec[2] + k * size, size, np.dtype(spec[0]).newbyteorder("<"), shape[1:]))
+            out.append((name, None, body + spec[2] + k * size, size, _numeric(spec), shape[1:]))
     return out
 
 
-def decode(blob: bytes, copy: bool = True) -> dict[str, np.ndarray]:
-    """The tensors of an encoded record; copy=False leaves the numeric ones as read-only views of
-    blob (for a reader that takes a row or two of a large record and re-encodes them)."""
-    if blob[:3] != _MAGIC:
-        raise ValueError("not a hotserve tensor record")
-    (n,) = struct.unpack_from("<I", blob, 3)
-    header = orjson.loads(blob[7:7 + n])
-    body = memoryview(blob)[7 + n:]
+def decode(blob: bytes) -> dict[str, np.ndarray]:
+    """The tensors of an encoded record (numeric ones copied out of blob)."""
+    header, start = _header(blob)
+    body = memoryview(blob)[start:]
     out: dict[str, np.ndarray] = {}
     for name, spec in header.items():
         if spec[0] == "str":
-            arr = np.empty(len(spec[2]), dtype=object)
-            arr[:] = [s.encode() for s in spec[2]]
-            out[name] = arr.reshape(spec[1])
+            out[name] = _text(spec[2], spec[1])
         else:
-            dtype = np.dtype(spec[0]).newbyteorder("<")
-            arr = np.frombuffer(body[spec[2]:spec[2] + spec[3]], dtype=dtype).reshape(spec[1])
-            out[name] = arr.copy() if copy else arr
+            out[name] = np.frombuffer(body[spec[2]:spec[2] + spec[3]], dtype=_numeric(spec)).reshape(spec[1]).copy()
     return out
 
 
