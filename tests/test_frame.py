@@ -226,3 +226,18 @@ def test_made_request_ids_are_unique_and_in_order():
     os.close(r)
     os.waitpid(pid, 0)
     assert len(child) == 32 and child[:16] != ids[0][:16] and child not in ids
+
+
+def test_made_request_ids_stay_unique_across_threads():
+    """Ids are made a block at a time; threads that run out at once take different blocks, so
+    no id is handed out twice however the threads interleave."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hotserve.server.frame import new_request_id
+
+    def many(_: int) -> list[str]:
+        return [new_request_id() for _ in range(20_000)]
+
+    with ThreadPoolExecutor(4) as pool:
+        made = [i for ids in pool.map(many, range(4)) for i in ids]
+    assert len(set(made)) == len(made) == 80_000
