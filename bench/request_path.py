@@ -4,12 +4,18 @@ the request frame, decode, inference and encode, measured in process on one core
 bare minimum a hand-written app does for the same request (orjson.loads, np.asarray,
 session.run, orjson.dumps of .tolist()) on the same session settings.
 
-    python bench/request_path.py [--seconds 3] [--profile] [--batch 32] [--prediction-log]
+    python bench/request_path.py [--seconds 3] [--profile] [--batch 32] [--prediction-log [--ab-rounds 12]]
 
 It prints microseconds per request for each stage and the overhead ratio. `--profile` runs
 cProfile over the hotserve path and prints the top functions (cumulative). Single-threaded and
 socket-free, so it is steadier than a load test on a shared machine, but it leaves out what
 the kernel and the network stack cost (the same for every server).
+
+With `--prediction-log` it also measures what logging costs in this one process: the model's
+sampling rate switched between 0 and 1.0 in alternating 1 s blocks (the writer thread running
+throughout), microseconds a request of wall time and of CPU for each, and the CPU of each
+thread. Alternating blocks seconds apart share the machine's drift, which a comparison of two
+runs does not; the figure tracks the load test's (bench/learning.py) within ~1-2 us.
 """
 
 from __future__ import annotations
@@ -103,13 +109,73 @@ def _grpc_path(ctx, loop, x: list):
     return call
 
 
+def _thread_cpu() -> dict[int, float]:
+    """CPU seconds of each thread of this process (Linux /proc), by thread id."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _logging_ab(mm, serve_one, rounds: int, block: float = 1.0) -> None:
+    """Logging off and on in alternating blocks (the order swapped every round), one process."""
+    import dataclasses
+    import statistics
+    import threading
+
+    wall: dict[float, list[float]] = {0.0: [], 1.0: []}
+    cpu: dict[float, list[float]] = {0.0: [], 1.0: []}
+    per_thread: dict[tuple[float, int], float] = {}
+    base = mm.intent.config
+    main_tid = threading.get_native_id()
+    for i in range(rounds):
+        for rate in ((0.0, 1.0) if i % 2 == 0 else (1.0, 0.0)):
+            mm.intent.config = dataclasses.replace(base, logging_sampling_rate=rate)
+            for _ in range(300):
+                serve_one()  # the other setting's queue drains; caches settle
+            c0, th0, n, t0 = time.process_time(), _thread_cpu(), 0, time.perf_counter()
+            while time.perf_counter() - t0 < block:
+                for _ in range(200):
+                    serve_one()
+                n += 200
+            wall[rate].append((time.perf_counter() - t0) / n * 1e6)
+            cpu[rate].append((time.process_time() - c0) / n * 1e6)
+            for tid, seconds in _thread_cpu().items():
+                key = (rate, tid)
+                per_thread[key] = per_thread.get(key, 0.0) + (seconds - th0.get(tid, 0.0)) / n * 1e6 / rounds
+    mm.intent.config = base
+    off_w, on_w = statistics.median(wall[0.0]), statistics.median(wall[1.0])
+    off_c, on_c = statistics.median(cpu[0.0]), statistics.median(cpu[1.0])
+    print(f"\nprediction log, same process, {rounds} pairs of {block:g} s blocks (medians, us/request):")
+    print(f"{'':<28} {'wall':>8} {'CPU':>8}")
+    print(f"{'logging off':<28} {off_w:>8.1f} {off_c:>8.1f}")
+    print(f"{'logging on (rate 1.0)':<28} {on_w:>8.1f} {on_c:>8.1f}")
+    print(f"{'difference':<28} {on_w - off_w:>+8.1f} {on_c - off_c:>+8.1f}")
+    print("difference per pair (wall):", " ".join(f"{b - a:+.1f}" for a, b in zip(wall[0.0], wall[1.0])))
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    for tid in sorted({t for _, t in per_thread}):
+        off_t, on_t = per_thread.get((0.0, tid), 0.0), per_thread.get((1.0, tid), 0.0)
+        if max(off_t, on_t) >= 0.05:
+            name = "serving (this) thread" if tid == main_tid else names.get(tid, f"thread {tid}")
+            print(f"  {name:<26} off {off_t:6.2f}  on {on_t:6.2f} us/request (CPU, mean)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--profile", action="store_true")
     p.add_argument("--batch", type=int, default=1, help="rows per request (default 1)")
     p.add_argument("--prediction-log", dest="prediction_log", action="store_true",
-                   help="log every request (a SQLite feedback store in a temporary --learning_dir, sampling rate 1.0)")
+                   help="log every request (a SQLite feedback store in a temporary --learning_dir, sampling rate 1.0), "
+                        "then measure logging on against off in alternating blocks")
+    p.add_argument("--ab-rounds", dest="ab_rounds", type=int, default=12,
+                   help="with --prediction-log: pairs of 1 s blocks, logging off and on (default 12)")
     args = p.parse_args(argv)
 
     import onnxruntime as ort
@@ -254,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     if learning is not None:
+        _logging_ab(mm, hotserve_http, args.ab_rounds)
         learning.stop()
     manager.stop()
     return 0
