@@ -450,7 +450,7 @@ def _cmd_versions(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.duration is None:
-        args.duration = 90.0 if args.learning else 20.0
+        args.duration = 150.0 if args.learning else 20.0  # --learning: 100 s after the drift, time to recover (docs/learning.md)
     if args.learning:
         try:
             from hotserve.learning.demo import run
@@ -497,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     ver.set_defaults(func=_cmd_versions)
 
     demo = sub.add_parser("demo", help="hot-update demo: serve, publish a new version every few seconds under load, print a table")
-    _flag(demo, "duration", type=float, default=None, help="seconds of load (default 20; 90 with --learning, drift at a third)")
+    _flag(demo, "duration", type=float, default=None, help="seconds of load (default 20; 150 with --learning, drift at a third)")
     _flag(demo, "publish_interval", type=float, default=2.0, help="seconds between publishes (default 2)")
     _flag(demo, "concurrency", type=int, default=8, help="concurrent client connections (default 8)")
     _flag(demo, "rest_api_port", type=_port, default=0, help="port for the demo server (default: a free one)")
