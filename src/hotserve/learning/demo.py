@@ -228,7 +228,7 @@ def windows(tl: Timeline, window: float) -> list[dict]:
 
 
 def pooled(tl: Timeline, start: float, end: float) -> dict | None:
-    """AUC and log loss of both models over every labelled impression in [start, end): one
+    """AUC of both models over every labelled impression in [start, end), and how many: one
     figure over the whole span, where a 5 s window's AUC (3,200 rows) moves by ~0.01 on its own,
     as much as the recovery it would be compared against."""
     rows = [r for r in tl.impressions if start <= r[0] < end]
