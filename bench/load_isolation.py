@@ -155,26 +155,6 @@ def _get_json(url: str, timeout: float = 5.0) -> tuple[int, dict | None]:
         return 0, None
 
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds (user + system) of every thread of pid."""
-    out = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            out[int(tid)] = (int(fields[11]) + int(fields[12])) / _TICK
-        except (OSError, IndexError, ValueError):
-            pass
-    return out
-
-
 def busiest_threads(before: dict[int, float], after: dict[int, float], seconds: float) -> dict:
     """Per-thread CPU over a window: the busiest thread (during a load: the load thread) and how
     many threads used more than half a core."""
@@ -340,7 +320,7 @@ class Poller(threading.Thread):
             self.last_state = _state(doc)
             if self.last_state == "AVAILABLE" and self.first_available is None:
                 self.first_available = time.monotonic()
-                self.threads_at_available = thread_cpu(self.pid)
+                self.threads_at_available = procs.thread_cpu(self.pid)
             self.stop_event.wait(self.interval)
 
     def finish(self) -> None:
@@ -465,7 +445,7 @@ def publish_big(staging: str, base: str, sampler: SeriesSampler) -> dict:
 
     pids = procs.tree_pids(sampler.root)
     rss = procs.rss_bytes(pids)
-    threads = thread_cpu(sampler.root)
+    threads = procs.thread_cpu(sampler.root)
     t = time.monotonic()
     commit(staging, base, 1)
     return {"t_publish": t, "t_published": time.monotonic(), "rss_at_publish_mib": rss / 2**20, "threads": threads}
@@ -657,9 +637,9 @@ class Run:
             log(f"[{self.label}] phase CPU hog: {later_s:g}s, {o.hog_procs} process(es) spinning for {load_s:.2f}s at +{o.lead_seconds:g}s")
 
             def hog(sampler: SeriesSampler) -> dict:
-                before = thread_cpu(sampler.root)
+                before = procs.thread_cpu(sampler.root)
                 out = run_hogs(load_s, o.hog_procs)
-                out["server_threads"] = busiest_threads(before, thread_cpu(sampler.root), out["t_end"] - out["t_start"])
+                out["server_threads"] = busiest_threads(before, procs.thread_cpu(sampler.root), out["t_end"] - out["t_start"])
                 return out
 
             phases["CPU hog"] = self.measure(payload, later_s, "hog", event_fn=hog)

@@ -31,6 +31,9 @@ import numpy as np
 import orjson
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from benchlib import procs  # noqa: E402
 
 
 def _per_request(fn, seconds: float) -> float:
@@ -109,20 +112,6 @@ def _grpc_path(ctx, loop, x: list):
     return call
 
 
-def _thread_cpu() -> dict[int, float]:
-    """CPU seconds of each thread of this process (Linux /proc), by thread id."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # the thread ended
-        out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
-    return out
-
-
 def _logging_ab(mm, serve_one, rounds: int, block: float = 1.0) -> None:
     """Logging off and on in alternating blocks (the order swapped every round), one process."""
     import dataclasses
@@ -139,14 +128,14 @@ def _logging_ab(mm, serve_one, rounds: int, block: float = 1.0) -> None:
             mm.intent.config = dataclasses.replace(base, logging_sampling_rate=rate)
             for _ in range(300):
                 serve_one()  # the other setting's queue drains; caches settle
-            c0, th0, n, t0 = time.process_time(), _thread_cpu(), 0, time.perf_counter()
+            c0, th0, n, t0 = time.process_time(), procs.thread_cpu(os.getpid()), 0, time.perf_counter()
             while time.perf_counter() - t0 < block:
                 for _ in range(200):
                     serve_one()
                 n += 200
             wall[rate].append((time.perf_counter() - t0) / n * 1e6)
             cpu[rate].append((time.process_time() - c0) / n * 1e6)
-            for tid, seconds in _thread_cpu().items():
+            for tid, seconds in procs.thread_cpu(os.getpid()).items():
                 key = (rate, tid)
                 per_thread[key] = per_thread.get(key, 0.0) + (seconds - th0.get(tid, 0.0)) / n * 1e6 / rounds
     mm.intent.config = base

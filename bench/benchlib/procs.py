@@ -117,6 +117,23 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / _TICK
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of every thread of pid, by thread id."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[int(tid)] = (int(fields[11]) + int(fields[12])) / _TICK
+        except (OSError, IndexError, ValueError):
+            pass  # the thread ended
+    return out
+
+
 def pin_tree(root: int, cpus: set[int]) -> None:
     """Pin every thread of root's process tree to cpus (threads and processes created later
     inherit the affinity of their creator)."""
