@@ -198,12 +198,17 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--client-cpus", dest="client_cpus", default="1")
     ap.add_argument("--export-repeats", dest="export_repeats", type=int, default=5)
-    ap.add_argument("--demo-seconds", dest="demo_seconds", type=float, default=150.0)
+    ap.add_argument("--demo-seconds", dest="demo_seconds", type=float, default=None,
+                    help="the CTR demo's length (default: the demo's own, 150 s)")
     ap.add_argument("--only", choices=["logging", "export", "freshness"], action="append")
     ap.add_argument("--no-install", dest="no_install", action="store_true")
     opts = ap.parse_args()
     if opts.quick:
         opts.seconds, opts.rounds, opts.demo_seconds, opts.export_repeats = 3.0, 1, 30.0, 3
+    if opts.demo_seconds is None:
+        from hotserve.learning.demo import DEFAULT_SECONDS
+
+        opts.demo_seconds = DEFAULT_SECONDS
     log = session.begin()
     parts = opts.only or ["logging", "export", "freshness"]
     res = {"meta": {"kind": "quick" if opts.quick else "full", "commit": session.git_commit(), "loadavg": session.loadavg(),

@@ -449,8 +449,6 @@ def _cmd_versions(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    if args.duration is None:
-        args.duration = 150.0 if args.learning else 20.0  # --learning: 100 s after the drift, time to recover (docs/learning.md)
     if args.learning:
         try:
             from hotserve.learning.demo import run
@@ -463,10 +461,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             print("hotserve demo --learning trains a PyTorch model: pip install torch==2.13.0 (the CPU wheel)",
                   file=sys.stderr)
             return 2
-        summary = run(duration=args.duration, png=args.png, workdir=args.workdir)
+        kwargs = {} if args.duration is None else {"duration": args.duration}  # run()'s own default otherwise
+        summary = run(**kwargs, png=args.png, workdir=args.workdir)
         return 0 if summary["failures"] == 0 else 1
     from hotserve.demo import run_demo
 
+    if args.duration is None:
+        args.duration = 20.0
     return run_demo(args)
 
 

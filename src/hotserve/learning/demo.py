@@ -38,6 +38,8 @@ from hotserve.repository.publish import publish
 ON, OFF = "ctr", "ctr_off"
 TRAINER = "hotserve.learning.torch_trainer:TorchTrainer"
 MODULE = "hotserve.learning.ctr:make"
+# 100 s after the drift (at a third): recovery took 60-100 s at this traffic (docs/learning.md)
+DEFAULT_SECONDS = 150.0
 
 
 @dataclass
@@ -206,37 +208,24 @@ def freshness(tl: Timeline, base: str) -> tuple[list[dict], list[float], list[fl
     return rows, all_values, steady
 
 
-def windows(tl: Timeline, window: float) -> list[dict]:
-    imps = sorted(tl.impressions)
-    if not imps:
-        return []
-    out = []
-    end = imps[-1][0]
-    t = 0.0
-    arr = np.asarray([r[:4] for r in imps])
-    versions = [r[4] for r in imps]
-    while t < end:
-        sel = (arr[:, 0] >= t) & (arr[:, 0] < t + window)
-        if sel.sum() >= 20:
-            y = arr[sel, 3]
-            on, off = binary_metrics(arr[sel, 1], y), binary_metrics(arr[sel, 2], y)
-            vs = [v for v, s in zip(versions, sel) if s]
-            out.append({"t": t, "span": window, "n": int(sel.sum()), "auc_on": on["auc"], "auc_off": off["auc"],
-                        "ll_on": on["log_loss"], "ll_off": off["log_loss"], "version": max(vs)})
-        t += window
-    return out
-
-
 def pooled(tl: Timeline, start: float, end: float) -> dict | None:
-    """AUC of both models over every labelled impression in [start, end), and how many: one
-    figure over the whole span, where a 5 s window's AUC (3,200 rows) moves by ~0.01 on its own,
-    as much as the recovery it would be compared against."""
+    """Both models' AUC and log loss over every labelled impression in [start, end), how many,
+    and the newest version that served them; None for fewer than 20. A 5 s window (3,200
+    impressions here) moves by ~0.01 of AUC on its own, so the recovery figure pools 15 s."""
     rows = [r for r in tl.impressions if start <= r[0] < end]
     if len(rows) < 20:
         return None
     arr = np.asarray([r[:4] for r in rows])
     on, off = binary_metrics(arr[:, 1], arr[:, 3]), binary_metrics(arr[:, 2], arr[:, 3])
-    return {"n": len(rows), "auc_on": on["auc"], "auc_off": off["auc"]}
+    return {"n": len(rows), "auc_on": on["auc"], "auc_off": off["auc"], "ll_on": on["log_loss"],
+            "ll_off": off["log_loss"], "version": max(r[4] for r in rows)}
+
+
+def windows(tl: Timeline, window: float) -> list[dict]:
+    """pooled() over consecutive windows from the start, those with enough impressions."""
+    end = max((r[0] for r in tl.impressions), default=0.0)
+    starts = np.arange(0.0, end, window) if tl.impressions else []
+    return [{"t": float(t), "span": window, **w} for t in starts if (w := pooled(tl, t, t + window)) is not None]
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -280,7 +269,7 @@ def plot(rows: list[dict], fresh_rows: list[dict], drift_at: float, path: str) -
     return path
 
 
-def run(duration: float = 60.0, drift_at: float | None = None, rate: float = 40.0, rows: int = 16,
+def run(duration: float = DEFAULT_SECONDS, drift_at: float | None = None, rate: float = 40.0, rows: int = 16,
         label_delay: float = 1.0, workdir: str | None = None, png: str | None = "learning_demo.png",
         window: float = 5.0, seed: int = 0, learner_args: list[str] | None = None, quiet: bool = False) -> dict:
     drift_at = duration / 3 if drift_at is None else drift_at
