@@ -125,6 +125,7 @@ def _logging_ab(mm, serve_one, rounds: int, block: float = 1.0) -> None:
     main_tid = threading.get_native_id()
     for i in range(rounds):
         for rate in ((0.0, 1.0) if i % 2 == 0 else (1.0, 0.0)):
+            # The rate is read per request; set_config() would also rewrite the routing intent each block.
             mm.intent.config = dataclasses.replace(base, logging_sampling_rate=rate)
             for _ in range(300):
                 serve_one()  # the other setting's queue drains; caches settle
